@@ -1,0 +1,97 @@
+//! Command-line flags (each with an environment fallback).
+
+use clap::Parser;
+
+use crate::output::Format;
+
+/// Zero-instrumentation eBPF tracer: HTTP spans from unmodified processes.
+///
+/// Runs as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
+/// CAP_DAC_READ_SEARCH) and prints one line per span on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about, long_about = None)]
+pub struct Args {
+    /// Trace only these process ids (repeatable). Example: --pid 1234 --pid 5678
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        env = "TRACER_PID",
+        value_delimiter = ','
+    )]
+    pub pids: Vec<u32>,
+
+    /// Trace only processes whose executable name or comm matches (repeatable).
+    /// Example: --exe nginx --exe python3
+    #[arg(
+        long = "exe",
+        alias = "comm",
+        value_name = "NAME",
+        env = "TRACER_EXE",
+        value_delimiter = ','
+    )]
+    pub exes: Vec<String>,
+
+    /// Trace only connections whose local or remote port matches (repeatable).
+    /// Example: --port 8080
+    #[arg(
+        long = "port",
+        value_name = "PORT",
+        env = "TRACER_PORT",
+        value_delimiter = ','
+    )]
+    pub ports: Vec<u16>,
+
+    /// Local span output. Example: --output json
+    #[arg(long, value_enum, default_value = "text", env = "TRACER_OUTPUT")]
+    pub output: Format,
+
+    /// Payload bytes copied per syscall (max 16384); longer reads and writes
+    /// are cut and the rest is skipped as body. Example: --max-capture-bytes 8192
+    #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, env = "TRACER_MAX_CAPTURE_BYTES",
+          value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64))]
+    pub max_capture_bytes: u32,
+
+    /// Log level of the agent and of its kernel programs: error, warn, info,
+    /// debug or trace. Example: --log-level debug
+    #[arg(long, default_value = "info", env = "TRACER_LOG_LEVEL")]
+    pub log_level: tracing::Level,
+
+    /// Size of the kernel-to-agent ring buffer in bytes (power of two).
+    /// Example: --ring-buffer-bytes 16777216
+    #[arg(long, default_value_t = tracer_common::DEFAULT_RING_BYTES, env = "TRACER_RING_BUFFER_BYTES")]
+    pub ring_buffer_bytes: u32,
+
+    /// Connections tracked at once, in the kernel and in the agent; the
+    /// least recently active is evicted beyond this. Example: --max-connections 65536
+    #[arg(long, default_value_t = tracer_common::DEFAULT_MAX_CONNS, env = "TRACER_MAX_CONNECTIONS")]
+    pub max_connections: u32,
+
+    /// Spans queued for output before new ones are dropped (and counted).
+    /// Example: --span-queue 4096
+    #[arg(long, default_value_t = 4096, env = "TRACER_SPAN_QUEUE")]
+    pub span_queue: usize,
+
+    /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
+    #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]
+    pub stats_interval: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_filters_and_defaults() {
+        let a = Args::try_parse_from([
+            "tracer", "--pid", "1", "--pid", "2", "--comm", "nginx", "--port", "80", "--output",
+            "json",
+        ])
+        .expect("valid flags");
+        assert_eq!(a.pids, [1, 2]);
+        assert_eq!(a.exes, ["nginx"]);
+        assert_eq!(a.ports, [80]);
+        assert_eq!(a.output, Format::Json);
+        assert_eq!(a.max_capture_bytes, 4096);
+        assert!(Args::try_parse_from(["tracer", "--max-capture-bytes", "100000"]).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! Decoding of ring-buffer records. The kernel is trusted to write the
+//! layouts in `tracer-common`, but every record is length-checked before a
+//! field is read, and an unknown kind is an error, not a panic.
+
+use thiserror::Error;
+use tracer_common::{
+    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcExitEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
+    EVENT_DATA, EVENT_PROC_EXIT, MAX_CAPTURE,
+};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("record of kind {kind} is {len} bytes, needs {need}")]
+    Short { kind: u8, len: usize, need: usize },
+    #[error("data event claims {claimed} payload bytes, record holds {have}")]
+    BadPayloadLength { claimed: usize, have: usize },
+}
+
+pub enum Event<'a> {
+    Open(ConnOpenEvent),
+    Data(DataHeader, &'a [u8]),
+    Close(ConnCloseEvent),
+    Exit(ProcExitEvent),
+}
+
+/// Reads a `T` from the start of `buf` after checking its length.
+fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if buf.len() < need {
+        return Err(DecodeError::Short {
+            kind: buf.first().copied().unwrap_or(0),
+            len: buf.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked above; T is one of the plain-integer repr(C)
+    // wire types for which every bit pattern is valid; the read is unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let kind = *buf.first().ok_or(DecodeError::Empty)?;
+    match kind {
+        EVENT_CONN_OPEN => Ok(Event::Open(read(buf)?)),
+        EVENT_DATA => {
+            let hdr: DataHeader = read(buf)?;
+            let start = std::mem::size_of::<DataHeader>();
+            let claimed = hdr.captured_len as usize;
+            let have = buf.len() - start;
+            if claimed > have || claimed > MAX_CAPTURE || claimed > hdr.total_len as usize {
+                return Err(DecodeError::BadPayloadLength { claimed, have });
+            }
+            Ok(Event::Data(hdr, &buf[start..start + claimed]))
+        }
+        EVENT_CONN_CLOSE => Ok(Event::Close(read(buf)?)),
+        EVENT_PROC_EXIT => Ok(Event::Exit(read(buf)?)),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn rejects_short_unknown_and_lying_records() {
+        assert!(matches!(decode(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode(&[99, 0, 0]),
+            Err(DecodeError::UnknownKind(99))
+        ));
+        assert!(matches!(
+            decode(&[EVENT_CONN_OPEN, 0, 0]),
+            Err(DecodeError::Short { .. })
+        ));
+        let hdr = DataHeader {
+            kind: EVENT_DATA,
+            captured_len: 10,
+            total_len: 10,
+            ..Default::default()
+        };
+        let mut buf = bytes_of(&hdr);
+        buf.extend_from_slice(b"12345");
+        assert!(matches!(
+            decode(&buf),
+            Err(DecodeError::BadPayloadLength { .. })
+        ));
+        buf.extend_from_slice(b"67890");
+        match decode(&buf) {
+            Ok(Event::Data(h, p)) => {
+                assert_eq!(h.captured_len, 10);
+                assert_eq!(p, b"1234567890");
+            }
+            _ => panic!("valid data event rejected"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `tracer`: the agent. Loads the kernel programs, reads their events and
+//! turns HTTP traffic of unmodified processes into spans.
+
+mod cli;
+mod clock;
+mod conntrack;
+mod events;
+mod output;
+mod pipeline;
+mod probes;
+mod procinfo;
+mod protocols;
+mod route;
+mod sockets;
+mod spans;
+mod stats;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
+use clap::Parser as _;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracer_common::{Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_COUNT, STAT_NAMES};
+
+use crate::{cli::Args, pipeline::Pipeline, stats::Stats};
+
+fn init_logging(level: tracing::Level) {
+    // aya's loader logs every relocation at debug: keep it at info unless
+    // RUST_LOG asks for it.
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy()
+        .add_directive("aya=info".parse().expect("static directive"))
+        .add_directive("aya_obj=info".parse().expect("static directive"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// aya-log levels: 1 error .. 5 trace.
+fn kernel_log_level(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 1,
+        tracing::Level::WARN => 2,
+        tracing::Level::INFO => 3,
+        tracing::Level::DEBUG => 4,
+        tracing::Level::TRACE => 5,
+    }
+}
+
+/// Sums the kernel's per-CPU counters.
+fn kernel_stats(map: &PerCpuArray<aya::maps::MapData, u64>) -> Vec<(&'static str, u64)> {
+    (0..STAT_COUNT)
+        .map(|i| {
+            let v = map
+                .get(&i, 0)
+                .map(|vals| vals.iter().sum::<u64>())
+                .unwrap_or(0);
+            (STAT_NAMES[i as usize], v)
+        })
+        .collect()
+}
+
+fn format_counters(c: &[(&str, u64)]) -> String {
+    c.iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_level);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::warn!("not running as root: loading BPF programs will likely fail");
+    }
+    probes::ensure_tracefs();
+
+    let opts = probes::LoadOptions {
+        ring_bytes: args.ring_buffer_bytes,
+        max_conns: args.max_connections,
+        config: Config {
+            max_capture: args.max_capture_bytes,
+            self_tgid: std::process::id(),
+            filter_pids: u32::from(!args.pids.is_empty()),
+            _pad: 0,
+        },
+        pids: args.pids.clone(),
+        kernel_log_level: kernel_log_level(args.log_level),
+    };
+    let (mut ebpf, report) = probes::load(&opts).context("starting the kernel side")?;
+    for (name, why) in &report.failed {
+        tracing::warn!("optional probe {name} not attached: {why}");
+    }
+    tracing::info!(
+        "attached {}/{} tracepoints",
+        report.attached.len(),
+        probes::PROBES.len()
+    );
+    tracing::debug!("attached: {}", report.attached.join(", "));
+
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring-buffer fd and keeps it open
+            // for as long as the AsyncFd lives.
+            let mut logger =
+                unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                    .map_err(|e| anyhow::anyhow!("polling kernel logs: {e}"))?;
+            tokio::spawn(async move {
+                while let Ok(mut guard) = logger.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::warn!("kernel-side logs unavailable: {e}"),
+    }
+
+    let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)
+        .context("map EVENTS")?;
+    let kernel_conns = BpfHashMap::try_from(ebpf.take_map(MAP_CONNS).context("map CONNS missing")?)
+        .context("map CONNS")?;
+    let kstats = PerCpuArray::try_from(ebpf.take_map(MAP_STATS).context("map STATS missing")?)
+        .context("map STATS")?;
+
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = mpsc::channel(args.span_queue.max(1));
+    let writer = tokio::spawn(output::run(rx, args.output));
+    let mut pipeline = Pipeline::new(
+        args.max_connections as usize,
+        pipeline::Filters {
+            exes: args.exes.clone(),
+            ports: args.ports.clone(),
+        },
+        kernel_conns,
+        stats.clone(),
+        tx,
+    );
+
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as
+    // the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
+    tracing::info!(pid = std::process::id(), "tracer ready");
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("event ring buffer")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    pipeline.handle(&item);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                pipeline.tick();
+                tracing::debug!(
+                    conns = pipeline.conn_count(),
+                    processes = pipeline.process_count(),
+                    "agent: {} | kernel: {}",
+                    format_counters(&stats.snapshot()),
+                    format_counters(&kernel_stats(&kstats)),
+                );
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: detaching probes");
+    // Read what is already queued, then detach before the final flush.
+    while let Some(item) = ring.get_mut().next() {
+        pipeline.handle(&item);
+    }
+    pipeline.drain();
+    let kernel_summary = format_counters(&kernel_stats(&kstats));
+    drop(pipeline);
+    drop(ebpf);
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("span output did not finish within 5s");
+    }
+    tracing::info!(
+        "summary: agent: {} | kernel: {}",
+        format_counters(&stats.snapshot()),
+        kernel_summary
+    );
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Local span output: one line per span on stdout, human-readable or JSON
+//! lines. This is the zero-setup way to see the tracer work.
+
+use std::io::Write;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::spans::{hex, AttrValue, Span, StatusCode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One human-readable line per span.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// No local output (useful once OTLP export is configured).
+    None,
+}
+
+fn attr_json(v: &AttrValue) -> Value {
+    match v {
+        AttrValue::Str(s) => Value::String(s.clone()),
+        AttrValue::Int(i) => Value::from(*i),
+    }
+}
+
+pub fn to_json(s: &Span) -> Value {
+    let mut attrs = Map::new();
+    for (k, v) in &s.attributes {
+        attrs.insert((*k).to_owned(), attr_json(v));
+    }
+    let p = &s.process;
+    json!({
+        "trace_id": hex(&s.trace_id),
+        "span_id": hex(&s.span_id),
+        "parent_span_id": s.parent_span_id.map(|p| hex(&p)),
+        "trace_flags": s.trace_flags,
+        "tracestate": s.tracestate,
+        "kind": s.kind.as_str(),
+        "name": s.name,
+        "start_time_unix_nano": s.start_unix_ns,
+        "end_time_unix_nano": s.end_unix_ns,
+        "duration_ns": s.duration_ns(),
+        "status": match s.status { StatusCode::Unset => "UNSET", StatusCode::Error => "ERROR" },
+        "attributes": attrs,
+        "resource": {
+            "service.name": p.service_name,
+            "process.pid": p.pid,
+            "process.executable.name": p.exe_name,
+            "process.executable.path": p.exe_path.as_ref().map(|x| x.display().to_string()),
+        },
+        "thread.id": s.tid,
+    })
+}
+
+fn format_time(unix_ns: u64) -> String {
+    let secs = (unix_ns / 1_000_000_000) as i64;
+    let millis = (unix_ns / 1_000_000) % 1000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem / 60) % 60, rem % 60);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+}
+
+fn format_duration(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.2}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    }
+}
+
+pub fn to_text(s: &Span) -> String {
+    let status = match s.attr("http.response.status_code") {
+        Some(AttrValue::Int(c)) => c.to_string(),
+        _ => "-".into(),
+    };
+    format!(
+        "{} {}[{}] {:<6} {} {} {}{} trace={} span={} parent={}",
+        format_time(s.start_unix_ns),
+        s.process.service_name,
+        s.process.pid,
+        s.kind.as_str(),
+        s.name,
+        status,
+        format_duration(s.duration_ns()),
+        if s.status == StatusCode::Error {
+            " ERROR"
+        } else {
+            ""
+        },
+        hex(&s.trace_id),
+        hex(&s.span_id),
+        s.parent_span_id.map_or_else(|| "-".into(), |p| hex(&p)),
+    )
+}
+
+/// Writes spans until the channel closes. Flushes whenever the queue runs
+/// empty, so lines appear promptly without a syscall per span under load.
+pub async fn run(mut rx: mpsc::Receiver<Span>, format: Format) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    while let Some(span) = rx.recv().await {
+        let mut next = Some(span);
+        while let Some(s) = next {
+            let line = match format {
+                Format::Text => to_text(&s),
+                Format::Json => to_json(&s).to_string(),
+                Format::None => String::new(),
+            };
+            if format != Format::None && writeln!(out, "{line}").is_err() {
+                // stdout closed (e.g. piped into `head`): keep tracing.
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_time(1_795_000_000_123_000_000),
+            "2026-11-18T11:06:40.123Z"
+        );
+        assert_eq!(format_duration(1_500), "1.5µs");
+        assert_eq!(format_duration(2_500_000), "2.50ms");
+    }
+}

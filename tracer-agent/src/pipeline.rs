@@ -1,0 +1,215 @@
+//! The event pipeline: ring-buffer records -> connection table -> span
+//! assembly -> output queue. Runs on one task; nothing here blocks on the
+//! output (spans are `try_send`-ed and counted when dropped).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tokio::sync::mpsc;
+use tracer_common::{
+    conn_key, ConnOpenEvent, ConnState, ORIGIN_INFERRED, PROTO_HTTP1, PROTO_IGNORED,
+};
+
+use crate::{
+    clock::Clock,
+    conntrack::{role_from_wire, ConnMeta, ConnTable, Exchange},
+    events::{decode, Event},
+    procinfo::{comm_str, ProcessCache},
+    sockets,
+    spans::{Span, SpanBuilder},
+    stats::Stats,
+};
+
+/// Which connections the user asked for (empty = all).
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    pub exes: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+pub struct Pipeline {
+    conns: ConnTable,
+    procs: ProcessCache,
+    filters: Filters,
+    kernel_conns: BpfHashMap<MapData, u64, ConnState>,
+    builder: SpanBuilder,
+    clock: Clock,
+    stats: Arc<Stats>,
+    tx: mpsc::Sender<Span>,
+    /// Reused buffer of exchanges completed by the current record.
+    done: Vec<Exchange>,
+    warned_decode: bool,
+    warned_queue: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        max_conns: usize,
+        filters: Filters,
+        kernel_conns: BpfHashMap<MapData, u64, ConnState>,
+        stats: Arc<Stats>,
+        tx: mpsc::Sender<Span>,
+    ) -> Self {
+        Self {
+            conns: ConnTable::new(max_conns),
+            procs: ProcessCache::default(),
+            filters,
+            kernel_conns,
+            builder: SpanBuilder::new(),
+            clock: Clock::new(),
+            stats,
+            tx,
+            done: Vec::new(),
+            warned_decode: false,
+            warned_queue: false,
+        }
+    }
+
+    /// Handles one ring-buffer record.
+    pub fn handle(&mut self, raw: &[u8]) {
+        Stats::inc(&self.stats.events);
+        match decode(raw) {
+            Ok(Event::Open(ev)) => self.on_open(&ev),
+            Ok(Event::Data(hdr, payload)) => {
+                if hdr.flags & tracer_common::DATA_FLAG_GAP == 0 || hdr.total_len > 0 {
+                    self.conns
+                        .on_data(&hdr, payload, &self.stats, &mut self.done);
+                }
+            }
+            Ok(Event::Close(ev)) => {
+                self.conns.close(
+                    ev.tgid,
+                    ev.fd,
+                    ev.conn_id,
+                    ev.ts,
+                    &self.stats,
+                    &mut self.done,
+                );
+            }
+            Ok(Event::Exit(ev)) => {
+                let fds = self
+                    .conns
+                    .close_process(ev.tgid, ev.ts, &self.stats, &mut self.done);
+                // Flush spans before the process info goes.
+                self.emit_done();
+                for fd in fds {
+                    let _ = self.kernel_conns.remove(&conn_key(ev.tgid, fd));
+                }
+                self.procs.remove(ev.tgid);
+            }
+            Err(e) => {
+                Stats::inc(&self.stats.decode_errors);
+                if !self.warned_decode {
+                    self.warned_decode = true;
+                    tracing::warn!("undecodable kernel event (further ones only counted): {e}");
+                }
+            }
+        }
+        self.emit_done();
+    }
+
+    fn on_open(&mut self, ev: &ConnOpenEvent) {
+        let comm = comm_str(&ev.comm);
+        let process = self.procs.get_or_read(ev.tgid, &comm);
+        if !self.filters.exes.is_empty()
+            && !self
+                .filters
+                .exes
+                .iter()
+                .any(|e| *e == process.exe_name || *e == comm || *e == process.comm)
+        {
+            self.veto(ev);
+            return;
+        }
+        if ev.proto != PROTO_HTTP1 {
+            // HTTP/2 is classified in the kernel but not parsed yet.
+            self.veto(ev);
+            return;
+        }
+        let kernel_peer = sockets::wire_addr(ev.family, &ev.raddr, ev.rport);
+        let (mut local, mut peer) = (None, kernel_peer);
+        match sockets::inspect(ev.tgid, ev.fd) {
+            Ok(info) if info.is_socket => {
+                // Only trust the borrowed fd if it is the same connection
+                // (the fd may already have been closed and reused).
+                if kernel_peer.is_none() || info.peer == kernel_peer {
+                    local = info.local;
+                    peer = peer.or(info.peer);
+                }
+            }
+            Ok(_) if ev.origin == ORIGIN_INFERRED => {
+                // HTTP-looking bytes on a file or pipe: not ours.
+                self.veto(ev);
+                return;
+            }
+            Ok(_) | Err(_) => {}
+        }
+        if !self.filters.ports.is_empty() && !self.port_matches(local, peer) {
+            self.veto(ev);
+            return;
+        }
+        let meta = ConnMeta {
+            conn_id: ev.conn_id,
+            tgid: ev.tgid,
+            role: role_from_wire(ev.role),
+            local,
+            peer,
+        };
+        self.conns.open(ev.fd, meta, &self.stats, &mut self.done);
+    }
+
+    fn port_matches(&self, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> bool {
+        [local, peer]
+            .iter()
+            .flatten()
+            .any(|a| self.filters.ports.contains(&a.port()))
+    }
+
+    /// Tells the kernel to stop copying this connection.
+    fn veto(&mut self, ev: &ConnOpenEvent) {
+        Stats::inc(&self.stats.conns_vetoed);
+        let key = conn_key(ev.tgid, ev.fd);
+        if let Ok(mut st) = self.kernel_conns.get(&key, 0) {
+            if st.conn_id == ev.conn_id {
+                st.proto = PROTO_IGNORED;
+                let _ = self.kernel_conns.insert(key, st, 0);
+            }
+        }
+    }
+
+    fn emit_done(&mut self) {
+        if self.done.is_empty() {
+            return;
+        }
+        for ex in std::mem::take(&mut self.done) {
+            let process = self.procs.get_or_read(ex.tgid, "");
+            let span = self.builder.build(ex, process, &self.clock, &self.stats);
+            if self.tx.try_send(span).is_err() {
+                Stats::inc(&self.stats.spans_dropped);
+                if !self.warned_queue {
+                    self.warned_queue = true;
+                    tracing::warn!("span output queue full: dropping spans (counted)");
+                }
+            }
+        }
+    }
+
+    /// Periodic upkeep.
+    pub fn tick(&mut self) {
+        self.clock.resync();
+    }
+
+    /// Agent shutdown: completes what can be completed.
+    pub fn drain(&mut self) {
+        self.conns.drain(&self.stats, &mut self.done);
+        self.emit_done();
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+}

@@ -1,0 +1,220 @@
+//! Loading the kernel programs and attaching them, driven by a declarative
+//! probe table. Only stable tracepoints are used, so the baseline works on
+//! kernels without kprobes or fentry.
+
+use std::path::Path;
+
+use aya::{
+    maps::{Array, HashMap},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use thiserror::Error;
+use tracer_common::{Config, MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_PID_FILTER, MAP_SCRATCH};
+
+/// The compiled kernel object, built by build.rs through aya-build.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(
+        "this agent was built without its kernel programs (AYA_BUILD_SKIP was set); \
+         build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("loading the BPF object failed (are you root? is BTF available?)")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {0} is missing from the BPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name} failed verification or load")]
+    ProgramLoad {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("required tracepoint {category}:{tracepoint} could not be attached")]
+    RequiredAttach {
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
+    #[error("map {0} is missing from the BPF object")]
+    MissingMap(&'static str),
+}
+
+/// One hook: which program goes on which tracepoint, and whether the agent
+/// can run without it.
+pub struct ProbeSpec {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    pub required: bool,
+}
+
+const fn tp(program: &'static str, tracepoint: &'static str, required: bool) -> ProbeSpec {
+    ProbeSpec {
+        program,
+        category: "syscalls",
+        tracepoint,
+        required,
+    }
+}
+
+/// Every hook the agent installs. Required ones carry the core HTTP path;
+/// the others widen coverage (vectored I/O, sendfile bodies).
+pub const PROBES: &[ProbeSpec] = &[
+    tp("tracer_enter_accept", "sys_enter_accept", false),
+    tp("tracer_enter_accept", "sys_enter_accept4", true),
+    tp("tracer_enter_connect", "sys_enter_connect", true),
+    tp("tracer_enter_read", "sys_enter_read", true),
+    tp("tracer_enter_write", "sys_enter_write", true),
+    tp("tracer_enter_recvfrom", "sys_enter_recvfrom", true),
+    tp("tracer_enter_sendto", "sys_enter_sendto", true),
+    tp("tracer_enter_readv", "sys_enter_readv", false),
+    tp("tracer_enter_writev", "sys_enter_writev", false),
+    tp("tracer_enter_recvmsg", "sys_enter_recvmsg", false),
+    tp("tracer_enter_sendmsg", "sys_enter_sendmsg", false),
+    tp("tracer_enter_sendfile", "sys_enter_sendfile64", false),
+    tp("tracer_enter_close", "sys_enter_close", true),
+    tp("tracer_sys_exit", "sys_exit_accept", false),
+    tp("tracer_sys_exit", "sys_exit_accept4", true),
+    tp("tracer_sys_exit", "sys_exit_connect", true),
+    tp("tracer_sys_exit", "sys_exit_read", true),
+    tp("tracer_sys_exit", "sys_exit_write", true),
+    tp("tracer_sys_exit", "sys_exit_recvfrom", true),
+    tp("tracer_sys_exit", "sys_exit_sendto", true),
+    tp("tracer_sys_exit", "sys_exit_readv", false),
+    tp("tracer_sys_exit", "sys_exit_writev", false),
+    tp("tracer_sys_exit", "sys_exit_recvmsg", false),
+    tp("tracer_sys_exit", "sys_exit_sendmsg", false),
+    tp("tracer_sys_exit", "sys_exit_sendfile64", false),
+    ProbeSpec {
+        program: "tracer_process_exit",
+        category: "sched",
+        tracepoint: "sched_process_exit",
+        required: true,
+    },
+];
+
+pub struct LoadOptions {
+    pub ring_bytes: u32,
+    pub max_conns: u32,
+    pub config: Config,
+    pub pids: Vec<u32>,
+    /// aya-log level for kernel diagnostics (0 = off .. 5 = trace).
+    pub kernel_log_level: u8,
+}
+
+/// What happened to each probe.
+pub struct AttachReport {
+    pub attached: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+/// tracefs must be mounted for tracepoints; mount it if it is missing.
+pub fn ensure_tracefs() {
+    let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    if candidates
+        .iter()
+        .any(|p| Path::new(p).join("events").exists())
+    {
+        return;
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: static C strings; mount(2) with no data.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    } else {
+        tracing::warn!(
+            "tracefs is not mounted and mounting it failed ({}); tracepoints will not attach",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Loads the object, writes the configuration, and attaches every probe.
+pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
+    if BPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    let level = opts.kernel_log_level;
+    let possible_cpus = aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .unwrap_or(tracer_common::DEFAULT_SCRATCH_SLOTS);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(MAP_EVENTS, opts.ring_bytes)
+        .map_max_entries(MAP_CONNS, opts.max_conns)
+        .map_max_entries(MAP_SCRATCH, possible_cpus)
+        .override_global("AYA_LOG_LEVEL", &level, true)
+        .load(BPF_OBJECT)
+        .map_err(ProbeError::Load)?;
+
+    {
+        let map = ebpf
+            .map_mut(MAP_CONFIG)
+            .ok_or(ProbeError::MissingMap(MAP_CONFIG))?;
+        let mut cfg: Array<_, Config> =
+            Array::try_from(map).map_err(|e| ProbeError::Map(MAP_CONFIG, e))?;
+        cfg.set(0, opts.config, 0)
+            .map_err(|e| ProbeError::Map(MAP_CONFIG, e))?;
+    }
+    if !opts.pids.is_empty() {
+        let map = ebpf
+            .map_mut(MAP_PID_FILTER)
+            .ok_or(ProbeError::MissingMap(MAP_PID_FILTER))?;
+        let mut pids: HashMap<_, u32, u8> =
+            HashMap::try_from(map).map_err(|e| ProbeError::Map(MAP_PID_FILTER, e))?;
+        for pid in &opts.pids {
+            pids.insert(pid, 1, 0)
+                .map_err(|e| ProbeError::Map(MAP_PID_FILTER, e))?;
+        }
+    }
+
+    let mut report = AttachReport {
+        attached: Vec::new(),
+        failed: Vec::new(),
+    };
+    let mut loaded: Vec<&'static str> = Vec::new();
+    for spec in PROBES {
+        let name = format!("{}:{}", spec.category, spec.tracepoint);
+        let prog: &mut TracePoint = ebpf
+            .program_mut(spec.program)
+            .ok_or(ProbeError::MissingProgram(spec.program))?
+            .try_into()
+            .map_err(|source| ProbeError::ProgramLoad {
+                name: spec.program,
+                source,
+            })?;
+        if !loaded.contains(&spec.program) {
+            prog.load().map_err(|source| ProbeError::ProgramLoad {
+                name: spec.program,
+                source,
+            })?;
+            loaded.push(spec.program);
+        }
+        match prog.attach(spec.category, spec.tracepoint) {
+            Ok(_) => report.attached.push(name),
+            Err(source) if spec.required => {
+                return Err(ProbeError::RequiredAttach {
+                    category: spec.category,
+                    tracepoint: spec.tracepoint,
+                    source,
+                })
+            }
+            Err(e) => report.failed.push((name, e.to_string())),
+        }
+    }
+    Ok((ebpf, report))
+}

@@ -1,0 +1,391 @@
+//! Span assembly: an [`Exchange`] plus its process becomes a [`Span`] with
+//! OpenTelemetry semantic-convention attributes.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+use crate::{
+    clock::Clock,
+    conntrack::{Exchange, Role},
+    procinfo::Process,
+    protocols::traceparent,
+    route,
+    stats::Stats,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+impl SpanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    Unset,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// W3C trace flags (bit 0: sampled), kept from the remote parent.
+    pub trace_flags: u8,
+    pub tracestate: Option<String>,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub status: StatusCode,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub process: Arc<Process>,
+    pub tid: u32,
+}
+
+impl Span {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Methods kept as-is in `http.request.method`; anything else is `_OTHER`
+/// (semantic conventions, to bound cardinality).
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Splits a Host header into name and port.
+fn split_host(host: &str) -> (String, Option<u16>) {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        if let Some((addr, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (addr.to_owned(), port);
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().ok()),
+        _ => (host.to_owned(), None),
+    }
+}
+
+pub struct SpanBuilder {
+    rng: SmallRng,
+}
+
+impl Default for SpanBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SpanBuilder {
+    pub fn new() -> Self {
+        Self {
+            rng: SmallRng::from_entropy(),
+        }
+    }
+
+    fn trace_id(&mut self) -> [u8; 16] {
+        loop {
+            let id: [u8; 16] = self.rng.gen();
+            if id != [0; 16] {
+                return id;
+            }
+        }
+    }
+
+    fn span_id(&mut self) -> [u8; 8] {
+        loop {
+            let id: [u8; 8] = self.rng.gen();
+            if id != [0; 8] {
+                return id;
+            }
+        }
+    }
+
+    pub fn build(
+        &mut self,
+        ex: Exchange,
+        process: Arc<Process>,
+        clock: &Clock,
+        stats: &Stats,
+    ) -> Span {
+        let kind = match ex.role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        };
+        let req = &ex.request;
+        let path = route::path_of(&req.target);
+        let method_known = KNOWN_METHODS.contains(&req.method.as_str());
+        let method = if method_known {
+            req.method.as_str()
+        } else {
+            "_OTHER"
+        };
+        let name = format!("{method} {}", route::route_of(path));
+
+        // A valid incoming traceparent makes this span part of that trace;
+        // on a client request it is the context the application itself
+        // propagated, so the CLIENT span joins it instead of competing.
+        let remote = match req.headers.traceparent.as_deref().map(traceparent::parse) {
+            Some(Ok(tp)) => Some(tp),
+            Some(Err(e)) => {
+                Stats::inc(&stats.invalid_traceparent);
+                tracing::debug!("ignoring invalid traceparent: {e}");
+                None
+            }
+            None => None,
+        };
+        let (trace_id, parent_span_id, trace_flags, tracestate) = match remote {
+            Some(tp) => (
+                tp.trace_id,
+                Some(tp.parent_id),
+                tp.flags,
+                req.headers.tracestate.clone(),
+            ),
+            None => (self.trace_id(), None, 1, None),
+        };
+
+        let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
+        attrs.push(("http.request.method", AttrValue::Str(method.to_owned())));
+        if !method_known {
+            attrs.push((
+                "http.request.method_original",
+                AttrValue::Str(req.method.clone()),
+            ));
+        }
+        attrs.push(("url.path", AttrValue::Str(path.to_owned())));
+        attrs.push(("url.scheme", AttrValue::Str("http".into())));
+        attrs.push((
+            "http.response.status_code",
+            AttrValue::Int(i64::from(ex.response.status)),
+        ));
+        attrs.push((
+            "network.protocol.version",
+            AttrValue::Str(format!("1.{}", req.version.min(1))),
+        ));
+        // server.* is the logical server: the Host header when present,
+        // else the socket's server end (local for SERVER, peer for CLIENT).
+        let server_sock: Option<SocketAddr> = match kind {
+            SpanKind::Server => ex.local,
+            SpanKind::Client => ex.peer,
+        };
+        let (server_addr, server_port) = match req.headers.host.as_deref() {
+            Some(h) if !h.is_empty() => {
+                let (name, port) = split_host(h);
+                (Some(name), port.or(server_sock.map(|s| s.port())))
+            }
+            _ => (
+                server_sock.map(|s| s.ip().to_string()),
+                server_sock.map(|s| s.port()),
+            ),
+        };
+        if let Some(a) = server_addr {
+            attrs.push(("server.address", AttrValue::Str(a)));
+        }
+        if let Some(p) = server_port {
+            attrs.push(("server.port", AttrValue::Int(i64::from(p))));
+        }
+        if let Some(peer) = ex.peer {
+            if kind == SpanKind::Server {
+                attrs.push(("client.address", AttrValue::Str(peer.ip().to_string())));
+                attrs.push(("client.port", AttrValue::Int(i64::from(peer.port()))));
+            }
+            attrs.push((
+                "network.peer.address",
+                AttrValue::Str(peer.ip().to_string()),
+            ));
+            attrs.push(("network.peer.port", AttrValue::Int(i64::from(peer.port()))));
+        }
+        if let Some(ua) = &req.headers.user_agent {
+            attrs.push(("user_agent.original", AttrValue::Str(ua.clone())));
+        }
+        if ex.end_estimated {
+            attrs.push(("tracer.end_estimated", AttrValue::Int(1)));
+        }
+        let status = ex.response.status;
+        let error = match kind {
+            SpanKind::Server => status >= 500,
+            SpanKind::Client => status >= 400,
+        };
+        if error {
+            attrs.push(("error.type", AttrValue::Str(status.to_string())));
+        }
+        Stats::inc(&stats.spans);
+        Span {
+            trace_id,
+            span_id: self.span_id(),
+            parent_span_id,
+            trace_flags,
+            tracestate,
+            kind,
+            name,
+            start_unix_ns: clock.to_unix_ns(ex.start_ts),
+            end_unix_ns: clock.to_unix_ns(ex.end_ts),
+            status: if error {
+                StatusCode::Error
+            } else {
+                StatusCode::Unset
+            },
+            attributes: attrs,
+            process,
+            tid: ex.tid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::http1::{Headers, RequestHead, ResponseHead};
+
+    fn exchange(role: Role, target: &str, status: u16, headers: Headers) -> Exchange {
+        Exchange {
+            role,
+            tgid: 7,
+            tid: 8,
+            request: RequestHead {
+                method: "GET".into(),
+                target: target.into(),
+                version: 1,
+                headers,
+            },
+            response: ResponseHead {
+                status,
+                version: 1,
+                headers: Headers::default(),
+            },
+            start_ts: 1_000,
+            end_ts: 5_000,
+            end_estimated: false,
+            local: Some("127.0.0.1:8080".parse().expect("addr")),
+            peer: Some("127.0.0.1:40000".parse().expect("addr")),
+        }
+    }
+
+    fn process() -> Arc<Process> {
+        Arc::new(Process::read(u32::MAX - 1, "svc"))
+    }
+
+    #[test]
+    fn server_span_continues_incoming_trace() {
+        let h = Headers {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("k=v".into()),
+            host: Some("shop.local:8080".into()),
+            ..Default::default()
+        };
+        let stats = Stats::default();
+        let mut b = SpanBuilder::new();
+        let s = b.build(
+            exchange(Role::Server, "/users/42?x=secret", 503, h),
+            process(),
+            &Clock::new(),
+            &stats,
+        );
+        assert_eq!(hex(&s.trace_id), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            s.parent_span_id.map(|p| hex(&p)).as_deref(),
+            Some("b7ad6b7169203331")
+        );
+        assert_eq!(s.tracestate.as_deref(), Some("k=v"));
+        assert_eq!(s.name, "GET /users/{id}");
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!(s.status, StatusCode::Error);
+        assert_eq!(s.duration_ns(), 4_000);
+        assert_eq!(
+            s.attr("url.path"),
+            Some(&AttrValue::Str("/users/42".into()))
+        );
+        assert_eq!(
+            s.attr("server.address"),
+            Some(&AttrValue::Str("shop.local".into()))
+        );
+        assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(
+            s.attr("client.address"),
+            Some(&AttrValue::Str("127.0.0.1".into()))
+        );
+        assert_eq!(
+            s.attr("http.response.status_code"),
+            Some(&AttrValue::Int(503))
+        );
+    }
+
+    #[test]
+    fn new_trace_without_or_with_invalid_header() {
+        let stats = Stats::default();
+        let mut b = SpanBuilder::new();
+        let bad = Headers {
+            traceparent: Some("00-zz-yy-01".into()),
+            ..Default::default()
+        };
+        let s1 = b.build(
+            exchange(Role::Client, "/", 404, bad),
+            process(),
+            &Clock::new(),
+            &stats,
+        );
+        let s2 = b.build(
+            exchange(Role::Client, "/", 200, Headers::default()),
+            process(),
+            &Clock::new(),
+            &stats,
+        );
+        assert!(s1.parent_span_id.is_none());
+        assert_ne!(s1.trace_id, s2.trace_id);
+        assert_eq!(s1.status, StatusCode::Error);
+        assert_eq!(s2.status, StatusCode::Unset);
+        assert_eq!(
+            stats
+                .invalid_traceparent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Client spans name the server by its socket when there is no Host.
+        assert_eq!(s2.attr("server.port"), Some(&AttrValue::Int(40000)));
+    }
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(split_host("a:1"), ("a".into(), Some(1)));
+        assert_eq!(split_host("[::1]:80"), ("::1".into(), Some(80)));
+        assert_eq!(split_host("a"), ("a".into(), None));
+        assert_eq!(split_host("::1"), ("::1".into(), None));
+    }
+}

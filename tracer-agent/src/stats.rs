@@ -1,0 +1,59 @@
+//! The agent's own counters, kept in one place so the periodic log line, the
+//! shutdown summary and (later) a metrics endpoint read the same numbers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// (name, value) of every counter.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Ring-buffer records read.
+    events,
+    /// Records that failed to decode.
+    decode_errors,
+    /// Connections opened in the agent's table.
+    conns_opened,
+    /// Connections dropped because the table was full.
+    conns_evicted,
+    /// Connections vetoed by a filter or because the fd was not a socket.
+    conns_vetoed,
+    /// Data for a connection the agent does not track (open event lost).
+    data_without_conn,
+    /// Per-connection sequence gaps (kernel events lost).
+    seq_gaps,
+    /// Parser errors (malformed or untrackable HTTP).
+    parse_errors,
+    /// Requests dropped because too many were pending on one connection.
+    pending_overflow,
+    /// Responses with no request to pair with (joined mid-connection).
+    orphan_responses,
+    /// Requests that never got a response before the connection closed.
+    unanswered_requests,
+    /// Spans whose end had to be estimated (response body not followed).
+    estimated_ends,
+    /// Spans produced.
+    spans,
+    /// Spans dropped because the output queue was full.
+    spans_dropped,
+    /// traceparent headers present but invalid.
+    invalid_traceparent,
+}
+
+impl Stats {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

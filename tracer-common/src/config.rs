@@ -1,0 +1,53 @@
+//! Runtime configuration the agent writes into the `CONFIG` array map, and
+//! the names and default sizes of every map the kernel programs declare.
+
+/// Single-entry array map holding a [`Config`].
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Per-connection state, keyed by [`crate::conn_key`]. LRU so that leaked
+/// entries (a process killed mid-connection) age out instead of filling it.
+pub const MAP_CONNS: &str = "CONNS";
+/// Syscall arguments saved at `sys_enter_*`, consumed at `sys_exit_*`.
+pub const MAP_INFLIGHT: &str = "INFLIGHT";
+/// Event ring buffer (kernel -> agent).
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Scratch space for building data events, one slot per CPU (the BPF stack
+/// is 512 B).
+pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Per-CPU counters, indexed by the `STAT_*` constants.
+pub const MAP_STATS: &str = "STATS";
+/// Set of tgids to trace when `--pid` is given.
+pub const MAP_PID_FILTER: &str = "PID_FILTER";
+
+/// Default size of [`MAP_CONNS`]; the agent can change it at load time.
+pub const DEFAULT_MAX_CONNS: u32 = 65_536;
+/// Default size of [`MAP_INFLIGHT`]: one entry per thread inside a traced syscall.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 16_384;
+/// Default ring buffer size in bytes (power of two, multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+/// Compiled-in size of [`MAP_SCRATCH`]; the agent resizes it to the number
+/// of possible CPUs.
+pub const DEFAULT_SCRATCH_SLOTS: u32 = 256;
+/// Size of [`MAP_PID_FILTER`].
+pub const MAX_PID_FILTER: u32 = 1024;
+
+/// Knobs the kernel programs read on every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes of payload copied per syscall, clamped to [`crate::MAX_CAPTURE`].
+    pub max_capture: u32,
+    /// The agent's own tgid: never traced, so exporting spans cannot feed back
+    /// into more spans.
+    pub self_tgid: u32,
+    /// Non-zero: only tgids present in [`MAP_PID_FILTER`] are traced.
+    pub filter_pids: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `Config` is `repr(C)`, has no padding and only integer fields.
+    unsafe impl aya::Pod for super::Config {}
+}

@@ -1,0 +1,122 @@
+//! Events written by the kernel programs into the ring buffer.
+//!
+//! Layout rule: the first byte of every event is its `kind`; the agent checks
+//! the length of the record against the kind's size before reading a field.
+
+/// Hard upper bound of payload bytes copied per syscall. A power of two: the
+/// kernel programs mask offsets with `MAX_CAPTURE - 1` to satisfy the
+/// verifier. The runtime cap (`--max-capture-bytes`) is at most this.
+pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Default runtime cap: covers ordinary request and response headers.
+pub const DEFAULT_CAPTURE: u32 = 4096;
+/// iovec segments inspected per readv/writev/recvmsg/sendmsg call.
+pub const MAX_IOV_SEGMENTS: u32 = 8;
+
+pub const EVENT_CONN_OPEN: u8 = 1;
+pub const EVENT_DATA: u8 = 2;
+pub const EVENT_CONN_CLOSE: u8 = 3;
+pub const EVENT_PROC_EXIT: u8 = 4;
+
+/// Bytes read by the traced process (it received them).
+pub const DIR_INGRESS: u8 = 0;
+/// Bytes written by the traced process (it sent them).
+pub const DIR_EGRESS: u8 = 1;
+
+/// The syscall moved more bytes than were captured; the rest is a gap.
+pub const DATA_FLAG_TRUNCATED: u8 = 1;
+/// Nothing was captured on purpose (sendfile): `total_len` bytes are a gap.
+pub const DATA_FLAG_GAP: u8 = 2;
+
+/// Which syscall produced a data event (diagnostics only).
+pub const SRC_READ: u8 = 1;
+pub const SRC_WRITE: u8 = 2;
+pub const SRC_READV: u8 = 3;
+pub const SRC_WRITEV: u8 = 4;
+pub const SRC_RECVFROM: u8 = 5;
+pub const SRC_SENDTO: u8 = 6;
+pub const SRC_RECVMSG: u8 = 7;
+pub const SRC_SENDMSG: u8 = 8;
+pub const SRC_SENDFILE: u8 = 9;
+
+/// A connection was classified as a protocol we parse; sent once, before its
+/// first data event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnOpenEvent {
+    pub kind: u8,
+    pub role: u8,
+    pub origin: u8,
+    pub family: u8,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub open_ts: u64,
+    pub raddr: [u8; 16],
+    pub rport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 5],
+    pub comm: [u8; 16],
+}
+
+/// Header of a data event; `captured_len` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataHeader {
+    pub kind: u8,
+    pub direction: u8,
+    pub source: u8,
+    pub flags: u8,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    /// Kernel monotonic ns: syscall entry for writes, exit for reads.
+    pub ts: u64,
+    /// Bytes the syscall actually moved.
+    pub total_len: u32,
+    /// Bytes of payload that follow this header (<= total_len, <= MAX_CAPTURE).
+    pub captured_len: u32,
+    /// Per-connection sequence number of this data event.
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// A tracked connection's fd was closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCloseEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub ts: u64,
+}
+
+/// A process (thread-group leader) exited: all of its state can go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcExitEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub ts: u64,
+}
+
+/// Per-CPU scratch value used to assemble a data event: the header, then room
+/// for two capture caps so that `offset < MAX_CAPTURE` plus
+/// `len <= MAX_CAPTURE` is provably in bounds for the verifier.
+#[repr(C)]
+pub struct DataScratch {
+    pub header: DataHeader,
+    pub data: [u8; 2 * MAX_CAPTURE],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
+const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<ProcExitEvent>() == 16);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);

@@ -1,0 +1,419 @@
+//! The shared `sys_exit_*` hook: socket tracking, classification and
+//! payload capture.
+//!
+//! Attached to `syscalls:sys_exit_{read,recvfrom,write,sendto,readv,writev,
+//! recvmsg,sendmsg,sendfile64,accept,accept4,connect}`; every one of them has
+//! `long ret` at the same offset, and the saved `PendingCall` says what the
+//! syscall was.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
+use tracer_common::{
+    conn_key, ConnOpenEvent, ConnState, DataHeader, DataScratch, DATA_FLAG_GAP,
+    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_OPEN, EVENT_DATA, FAMILY_INET,
+    FAMILY_INET6, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_ACCEPT,
+    ORIGIN_CONNECT, ORIGIN_INFERRED, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
+    SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO,
+    SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
+    STAT_CONN_INSERT_FAILED, STAT_DATA_EVENTS, STAT_READ_FAILED, STAT_RINGBUF_DROPS,
+    STAT_TRUNCATED,
+};
+
+use super::{CALL_ACCEPT, CALL_CONNECT, OFF_NR, OFF_RET};
+use crate::{
+    classify::classify,
+    maps::{bump, config, PendingCall, CONNS, EVENTS, INFLIGHT, SCRATCH},
+};
+
+/// `-EINPROGRESS`: a non-blocking connect that is under way.
+const EINPROGRESS: i64 = -115;
+
+/// User-space `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// The part of user-space `struct msghdr` we need: `msg_iov` at offset 16 and
+/// `msg_iovlen` at 24 (x86_64/aarch64 LP64 layout).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MsgHdr {
+    name: u64,
+    namelen: u64,
+    iov: u64,
+    iovlen: u64,
+}
+
+#[tracepoint]
+pub fn tracer_sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = match unsafe { INFLIGHT.get(&pid_tgid) } {
+        Some(c) => *c,
+        None => return Ok(()),
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    // SAFETY: fixed offsets of the syscall tracepoint record (see mod.rs).
+    let nr = unsafe { ctx.read_at::<i32>(OFF_NR) }.map_err(|e| e as i64)? as u32;
+    if nr != call.nr {
+        return Ok(());
+    }
+    let ret = unsafe { ctx.read_at::<i64>(OFF_RET) }.map_err(|e| e as i64)?;
+    let tgid = (pid_tgid >> 32) as u32;
+    match call.kind {
+        CALL_ACCEPT => {
+            if ret >= 0 {
+                track_socket(tgid, ret as u32, call.ptr, ROLE_SERVER, ORIGIN_ACCEPT);
+            }
+        }
+        CALL_CONNECT => {
+            if ret == 0 || ret == EINPROGRESS {
+                track_socket(tgid, call.fd, call.ptr, ROLE_CLIENT, ORIGIN_CONNECT);
+            }
+        }
+        _ => {
+            if ret > 0 {
+                on_data(ctx, pid_tgid, &call, ret as u64);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts tracking a socket seen at accept/connect. The remote address comes
+/// from the user `sockaddr` (written by the kernel for accept, given by the
+/// caller for connect); non-IP sockets (AF_UNIX, netlink) are not tracked.
+/// No event is sent yet: only a socket classified as HTTP is reported.
+#[inline(always)]
+fn track_socket(tgid: u32, fd: u32, sockaddr: u64, role: u8, origin: u8) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut st = ConnState {
+        conn_id: now,
+        open_ts: now,
+        role,
+        origin,
+        proto: PROTO_UNKNOWN,
+        ..ConnState::default()
+    };
+    if sockaddr != 0 {
+        // sockaddr_in: family u16 @0, port be16 @2, addr @4.
+        // sockaddr_in6: family u16 @0, port be16 @2, flowinfo @4, addr @8.
+        // SAFETY: bpf_probe_read_user checks the user pointer.
+        let raw = unsafe { bpf_probe_read_user(sockaddr as *const [u8; 24]) };
+        let Ok(raw) = raw else { return };
+        let family = u16::from_ne_bytes([raw[0], raw[1]]);
+        st.rport = u16::from_be_bytes([raw[2], raw[3]]);
+        if family == FAMILY_INET as u16 {
+            st.family = FAMILY_INET;
+            st.raddr[0] = raw[4];
+            st.raddr[1] = raw[5];
+            st.raddr[2] = raw[6];
+            st.raddr[3] = raw[7];
+        } else if family == FAMILY_INET6 as u16 {
+            st.family = FAMILY_INET6;
+            let mut i = 0;
+            while i < 16 {
+                st.raddr[i] = raw[8 + i];
+                i += 1;
+            }
+        } else {
+            return;
+        }
+    }
+    if CONNS.insert(&conn_key(tgid, fd), &st, 0).is_err() {
+        bump(STAT_CONN_INSERT_FAILED);
+    }
+}
+
+/// First segment of the payload: pointer and length.
+#[inline(always)]
+fn first_segment(call: &PendingCall) -> Option<(u64, u64)> {
+    match call.kind {
+        SRC_READ | SRC_WRITE | SRC_RECVFROM | SRC_SENDTO => Some((call.ptr, call.len)),
+        SRC_READV | SRC_WRITEV => {
+            if call.len == 0 {
+                return None;
+            }
+            // SAFETY: bpf_probe_read_user checks the user pointer.
+            let iov = unsafe { bpf_probe_read_user(call.ptr as *const Iovec) }.ok()?;
+            Some((iov.base, iov.len))
+        }
+        SRC_RECVMSG | SRC_SENDMSG => {
+            let msg = unsafe { bpf_probe_read_user(call.ptr as *const MsgHdr) }.ok()?;
+            if msg.iovlen == 0 {
+                return None;
+            }
+            let iov = unsafe { bpf_probe_read_user(msg.iov as *const Iovec) }.ok()?;
+            Some((iov.base, iov.len))
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn is_ingress(kind: u8) -> bool {
+    matches!(kind, SRC_READ | SRC_RECVFROM | SRC_READV | SRC_RECVMSG)
+}
+
+/// Reads the first 8 payload bytes and classifies them.
+#[inline(always)]
+fn peek_class(call: &PendingCall, ret: u64) -> Option<crate::classify::Class> {
+    let (ptr, len) = first_segment(call)?;
+    // Fewer than 8 valid bytes cannot be told apart reliably.
+    if len < 8 || ret < 8 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user checks the user pointer.
+    let head = unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }.ok()?;
+    classify(&head)
+}
+
+fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = conn_key(tgid, call.fd);
+    let ingress = is_ingress(call.kind);
+    let st_ptr = match CONNS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            // Not seen at accept/connect: a connection that predates the
+            // agent, or an fd that is not a socket at all. Only bytes that
+            // look like HTTP start tracking; the agent then checks the fd
+            // really is a socket and vetoes it otherwise.
+            let Some(class) = peek_class(call, ret) else {
+                return;
+            };
+            let now = unsafe { bpf_ktime_get_ns() };
+            let role = if class.is_request == ingress {
+                ROLE_SERVER
+            } else {
+                ROLE_CLIENT
+            };
+            let st = ConnState {
+                conn_id: now,
+                open_ts: now,
+                role,
+                origin: ORIGIN_INFERRED,
+                proto: class.proto,
+                ..ConnState::default()
+            };
+            if CONNS.insert(&key, &st, 0).is_err() {
+                bump(STAT_CONN_INSERT_FAILED);
+                return;
+            }
+            bump(STAT_CONNS_INFERRED);
+            bump(STAT_CONNS_HTTP);
+            debug!(ctx, "inferred HTTP connection tgid={} fd={}", tgid, call.fd);
+            emit_open(pid_tgid, call.fd, &st);
+            match CONNS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: the pointer comes from a successful map lookup; concurrent
+    // updates from another thread on the same socket only race on counters.
+    let st = unsafe { &mut *st_ptr };
+    if st.proto == PROTO_IGNORED {
+        return;
+    }
+    if st.proto == PROTO_UNKNOWN {
+        if call.kind == SRC_SENDFILE {
+            return;
+        }
+        match peek_class(call, ret) {
+            Some(class) => {
+                st.proto = class.proto;
+                bump(STAT_CONNS_HTTP);
+                emit_open(pid_tgid, call.fd, st);
+            }
+            None => {
+                st.attempts += 1;
+                if st.attempts >= MAX_CLASSIFY_ATTEMPTS || ret >= 8 {
+                    // A full-sized first payload that is not HTTP (TLS,
+                    // database protocols, DNS...): stop looking at it.
+                    st.proto = PROTO_IGNORED;
+                    bump(STAT_CONNS_IGNORED);
+                }
+                return;
+            }
+        }
+    }
+    let seq = st.seq;
+    st.seq = seq.wrapping_add(1);
+    emit_data(pid_tgid, call, ret, st.conn_id, seq, ingress);
+}
+
+#[inline(always)]
+fn emit_open(pid_tgid: u64, fd: u32, st: &ConnState) {
+    let ev = ConnOpenEvent {
+        kind: EVENT_CONN_OPEN,
+        role: st.role,
+        origin: st.origin,
+        family: st.family,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd,
+        conn_id: st.conn_id,
+        open_ts: st.open_ts,
+        raddr: st.raddr,
+        rport: st.rport,
+        proto: st.proto,
+        _pad: [0; 5],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if EVENTS.output::<ConnOpenEvent>(&ev, 0).is_err() {
+        bump(STAT_RINGBUF_DROPS);
+    }
+}
+
+/// Copies `len` user bytes to `scratch.data[off..]`, within the verifier's
+/// view of the buffer: `off < MAX_CAPTURE` and `len <= MAX_CAPTURE`, and the
+/// buffer holds `2 * MAX_CAPTURE`.
+#[inline(always)]
+fn copy_user(scratch: &mut DataScratch, off: usize, len: usize, src: u64) -> bool {
+    // black_box keeps LLVM from dropping the mask and the clamp because it
+    // "knows" the bounds from the caller; the verifier does not, and it
+    // tracks the caller's arithmetic as possibly negative.
+    let off = core::hint::black_box(off) & (MAX_CAPTURE - 1);
+    let len = core::hint::black_box(len);
+    let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
+    // SAFETY: bounds established above; the helper validates `src`.
+    let rc = unsafe {
+        probe_read_user_raw(
+            scratch.data.as_mut_ptr().add(off).cast(),
+            len as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    rc == 0
+}
+
+/// Copies up to `cap` of the `ret` bytes the syscall moved; returns the
+/// number of bytes captured.
+#[inline(always)]
+fn capture(scratch: &mut DataScratch, call: &PendingCall, ret: u64, cap: usize) -> usize {
+    let total = if ret > cap as u64 { cap } else { ret as usize };
+    let (iov_ptr, iov_cnt) = match call.kind {
+        SRC_READ | SRC_WRITE | SRC_RECVFROM | SRC_SENDTO => {
+            return if copy_user(scratch, 0, total, call.ptr) {
+                total
+            } else {
+                bump(STAT_READ_FAILED);
+                0
+            };
+        }
+        SRC_READV | SRC_WRITEV => (call.ptr, call.len),
+        SRC_RECVMSG | SRC_SENDMSG => {
+            let Ok(msg) = (unsafe { bpf_probe_read_user(call.ptr as *const MsgHdr) }) else {
+                bump(STAT_READ_FAILED);
+                return 0;
+            };
+            (msg.iov, msg.iovlen)
+        }
+        _ => return 0,
+    };
+    let mut off: usize = 0;
+    for i in 0..MAX_IOV_SEGMENTS as u64 {
+        if i >= iov_cnt || off >= total {
+            break;
+        }
+        let iov_addr = iov_ptr + i * core::mem::size_of::<Iovec>() as u64;
+        let Ok(iov) = (unsafe { bpf_probe_read_user(iov_addr as *const Iovec) }) else {
+            bump(STAT_READ_FAILED);
+            break;
+        };
+        let room = total - off;
+        let n = if iov.len > room as u64 {
+            room
+        } else {
+            iov.len as usize
+        };
+        if n > 0 && !copy_user(scratch, off, n, iov.base) {
+            bump(STAT_READ_FAILED);
+            break;
+        }
+        off += n;
+    }
+    off
+}
+
+#[inline(always)]
+fn emit_data(pid_tgid: u64, call: &PendingCall, ret: u64, conn_id: u64, seq: u32, ingress: bool) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; programs do not migrate while running.
+    let scratch = unsafe { &mut *scratch };
+    let cfg = config();
+    let cap = if cfg.max_capture as usize > MAX_CAPTURE {
+        MAX_CAPTURE
+    } else {
+        cfg.max_capture as usize
+    };
+    let captured = if call.kind == SRC_SENDFILE {
+        0
+    } else {
+        capture(scratch, call, ret, cap)
+    };
+    let mut flags = 0;
+    if call.kind == SRC_SENDFILE {
+        flags |= DATA_FLAG_GAP;
+    } else if (captured as u64) < ret {
+        flags |= DATA_FLAG_TRUNCATED;
+        bump(STAT_TRUNCATED);
+    }
+    scratch.header = DataHeader {
+        kind: EVENT_DATA,
+        direction: if ingress { DIR_INGRESS } else { DIR_EGRESS },
+        source: call.kind,
+        flags,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd: call.fd,
+        conn_id,
+        // Reads complete at exit; a write's first byte leaves at entry.
+        ts: if ingress {
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            call.ts
+        },
+        total_len: if ret > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            ret as u32
+        },
+        captured_len: captured as u32,
+        seq,
+        _pad: 0,
+    };
+    let captured = if captured > MAX_CAPTURE {
+        MAX_CAPTURE
+    } else {
+        captured
+    };
+    let size = core::mem::size_of::<DataHeader>() + captured;
+    // SAFETY: `size` is at most the header plus MAX_CAPTURE, inside the
+    // scratch value.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((scratch as *const DataScratch).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        bump(STAT_RINGBUF_DROPS);
+    } else {
+        bump(STAT_DATA_EVENTS);
+    }
+}

@@ -1,0 +1,153 @@
+//! `sys_enter_*` hooks: save the arguments the exit hook needs.
+//!
+//! Tracepoints used: `syscalls:sys_enter_{read,recvfrom,write,sendto,readv,
+//! writev,recvmsg,sendmsg,sendfile64,accept,accept4,connect}`. Buffers are
+//! only read at exit, when the byte count is known (and, for reads, filled).
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    conn_key, PROTO_IGNORED, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE,
+    SRC_SENDMSG, SRC_SENDTO, SRC_WRITE, SRC_WRITEV, STAT_INFLIGHT_FULL,
+};
+
+use super::{CALL_ACCEPT, CALL_CONNECT, OFF_ARG0, OFF_ARG1, OFF_ARG2, OFF_NR};
+use crate::maps::{bump, config, PendingCall, CONNS, INFLIGHT, PID_FILTER};
+
+/// Whether this process is traced at all: never the agent itself, and only
+/// the `--pid` set when one is given.
+#[inline(always)]
+pub fn traced(tgid: u32) -> bool {
+    let cfg = config();
+    if tgid == cfg.self_tgid {
+        return false;
+    }
+    if cfg.filter_pids != 0 {
+        // SAFETY: plain lookup; the value is not dereferenced.
+        return unsafe { PID_FILTER.get(&tgid) }.is_some();
+    }
+    true
+}
+
+#[inline(always)]
+fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !traced(tgid) {
+        return;
+    }
+    let fd = fd as u32;
+    if kind != CALL_ACCEPT && kind != CALL_CONNECT {
+        // A socket already classified as uninteresting costs one lookup.
+        // SAFETY: the value is copied out immediately.
+        if let Some(c) = unsafe { CONNS.get(&conn_key(tgid, fd)) } {
+            if c.proto == PROTO_IGNORED {
+                return;
+            }
+        }
+    }
+    // SAFETY: reading the tracepoint record at a fixed, documented offset.
+    let nr = unsafe { ctx.read_at::<i32>(OFF_NR) }.unwrap_or(-1) as u32;
+    let call = PendingCall {
+        ts: unsafe { bpf_ktime_get_ns() },
+        ptr,
+        len,
+        fd,
+        nr,
+        kind,
+        _pad: [0; 7],
+    };
+    if INFLIGHT.insert(&pid_tgid, &call, 0).is_err() {
+        bump(STAT_INFLIGHT_FULL);
+    }
+}
+
+/// The three leading syscall arguments.
+#[inline(always)]
+fn args3(ctx: &TracePointContext) -> (u64, u64, u64) {
+    // SAFETY: fixed offsets of the syscall tracepoint record (see mod.rs).
+    unsafe {
+        (
+            ctx.read_at::<u64>(OFF_ARG0).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(OFF_ARG1).unwrap_or(0),
+            ctx.read_at::<u64>(OFF_ARG2).unwrap_or(0),
+        )
+    }
+}
+
+macro_rules! enter_probe {
+    ($(#[$doc:meta])* $name:ident, $kind:expr) => {
+        $(#[$doc])*
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            let (fd, ptr, len) = args3(&ctx);
+            save(&ctx, $kind, fd, ptr, len);
+            0
+        }
+    };
+}
+
+enter_probe!(
+    /// `sys_enter_read(fd, buf, count)`.
+    tracer_enter_read,
+    SRC_READ
+);
+enter_probe!(
+    /// `sys_enter_recvfrom(fd, ubuf, size, flags, addr, addr_len)`.
+    tracer_enter_recvfrom,
+    SRC_RECVFROM
+);
+enter_probe!(
+    /// `sys_enter_write(fd, buf, count)`.
+    tracer_enter_write,
+    SRC_WRITE
+);
+enter_probe!(
+    /// `sys_enter_sendto(fd, buff, len, flags, addr, addr_len)`.
+    tracer_enter_sendto,
+    SRC_SENDTO
+);
+enter_probe!(
+    /// `sys_enter_readv(fd, vec, vlen)`.
+    tracer_enter_readv,
+    SRC_READV
+);
+enter_probe!(
+    /// `sys_enter_writev(fd, vec, vlen)`.
+    tracer_enter_writev,
+    SRC_WRITEV
+);
+enter_probe!(
+    /// `sys_enter_recvmsg(fd, msg, flags)`: `ptr` is the user `msghdr`.
+    tracer_enter_recvmsg,
+    SRC_RECVMSG
+);
+enter_probe!(
+    /// `sys_enter_sendmsg(fd, msg, flags)`: `ptr` is the user `msghdr`.
+    tracer_enter_sendmsg,
+    SRC_SENDMSG
+);
+enter_probe!(
+    /// `sys_enter_accept(fd, upeer_sockaddr, upeer_addrlen)` and
+    /// `sys_enter_accept4` (same leading arguments): the peer address is
+    /// read from `upeer_sockaddr` at exit.
+    tracer_enter_accept,
+    CALL_ACCEPT
+);
+enter_probe!(
+    /// `sys_enter_connect(fd, uservaddr, addrlen)`.
+    tracer_enter_connect,
+    CALL_CONNECT
+);
+
+/// `sys_enter_sendfile64(out_fd, in_fd, offset, count)`: the payload comes
+/// from a file, so only its length is reported (a gap for the parser, which
+/// is how nginx sends static bodies).
+#[tracepoint]
+pub fn tracer_enter_sendfile(ctx: TracePointContext) -> u32 {
+    let (out_fd, _in_fd, _off) = args3(&ctx);
+    save(&ctx, SRC_SENDFILE, out_fd, 0, 0);
+    0
+}
