@@ -58,7 +58,8 @@ pub struct Args {
 
     /// Size of the kernel-to-agent ring buffer in bytes (power of two).
     /// Example: --ring-buffer-bytes 16777216
-    #[arg(long, default_value_t = tracer_common::DEFAULT_RING_BYTES, env = "TRACER_RING_BUFFER_BYTES")]
+    #[arg(long, default_value_t = tracer_common::DEFAULT_RING_BYTES, env = "TRACER_RING_BUFFER_BYTES",
+          value_parser = ring_size)]
     pub ring_buffer_bytes: u32,
 
     /// Connections tracked at once, in the kernel and in the agent; the
@@ -74,6 +75,15 @@ pub struct Args {
     /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
     #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]
     pub stats_interval: u64,
+}
+
+/// The kernel wants a power-of-two multiple of the page size.
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two >= 4096"));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -93,5 +103,6 @@ mod tests {
         assert_eq!(a.output, Format::Json);
         assert_eq!(a.max_capture_bytes, 4096);
         assert!(Args::try_parse_from(["tracer", "--max-capture-bytes", "100000"]).is_err());
+        assert!(Args::try_parse_from(["tracer", "--ring-buffer-bytes", "12345"]).is_err());
     }
 }

@@ -31,7 +31,7 @@ impl Clock {
     }
 
     /// Unix time in ns of a kernel monotonic timestamp.
-    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
+    pub fn to_unix_ns(self, mono_ns: u64) -> u64 {
         let v = mono_ns as i128 + self.offset_ns;
         v.clamp(0, u64::MAX as i128) as u64
     }

@@ -62,11 +62,11 @@ pub fn tracer_sys_exit(ctx: TracePointContext) -> u32 {
 fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let call = match unsafe { INFLIGHT.get(&pid_tgid) } {
+    let call = match unsafe { INFLIGHT.get(pid_tgid) } {
         Some(c) => *c,
         None => return Ok(()),
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
+    let _ = INFLIGHT.remove(pid_tgid);
     // SAFETY: fixed offsets of the syscall tracepoint record (see mod.rs).
     let nr = unsafe { ctx.read_at::<i32>(OFF_NR) }.map_err(|e| e as i64)? as u32;
     if nr != call.nr {
@@ -134,7 +134,7 @@ fn track_socket(tgid: u32, fd: u32, sockaddr: u64, role: u8, origin: u8) {
             return;
         }
     }
-    if CONNS.insert(&conn_key(tgid, fd), &st, 0).is_err() {
+    if CONNS.insert(conn_key(tgid, fd), st, 0).is_err() {
         bump(STAT_CONN_INSERT_FAILED);
     }
 }
@@ -186,7 +186,7 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, call.fd);
     let ingress = is_ingress(call.kind);
-    let st_ptr = match CONNS.get_ptr_mut(&key) {
+    let st_ptr = match CONNS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             // Not seen at accept/connect: a connection that predates the
@@ -210,7 +210,7 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
                 proto: class.proto,
                 ..ConnState::default()
             };
-            if CONNS.insert(&key, &st, 0).is_err() {
+            if CONNS.insert(key, st, 0).is_err() {
                 bump(STAT_CONN_INSERT_FAILED);
                 return;
             }
@@ -218,7 +218,7 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
             bump(STAT_CONNS_HTTP);
             debug!(ctx, "inferred HTTP connection tgid={} fd={}", tgid, call.fd);
             emit_open(pid_tgid, call.fd, &st);
-            match CONNS.get_ptr_mut(&key) {
+            match CONNS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => return,
             }

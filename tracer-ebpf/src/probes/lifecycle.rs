@@ -24,11 +24,11 @@ pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
     };
     let key = conn_key(tgid, fd as u32);
     // SAFETY: the fields are copied out before the entry is removed.
-    let Some(st) = (unsafe { CONNS.get(&key) }) else {
+    let Some(st) = (unsafe { CONNS.get(key) }) else {
         return 0;
     };
     let (proto, conn_id) = (st.proto, st.conn_id);
-    let _ = CONNS.remove(&key);
+    let _ = CONNS.remove(key);
     if proto == PROTO_HTTP1 || proto == PROTO_HTTP2 {
         let ev = ConnCloseEvent {
             kind: EVENT_CONN_CLOSE,

@@ -26,7 +26,7 @@ pub fn traced(tgid: u32) -> bool {
     }
     if cfg.filter_pids != 0 {
         // SAFETY: plain lookup; the value is not dereferenced.
-        return unsafe { PID_FILTER.get(&tgid) }.is_some();
+        return unsafe { PID_FILTER.get(tgid) }.is_some();
     }
     true
 }
@@ -42,7 +42,7 @@ fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {
     if kind != CALL_ACCEPT && kind != CALL_CONNECT {
         // A socket already classified as uninteresting costs one lookup.
         // SAFETY: the value is copied out immediately.
-        if let Some(c) = unsafe { CONNS.get(&conn_key(tgid, fd)) } {
+        if let Some(c) = unsafe { CONNS.get(conn_key(tgid, fd)) } {
             if c.proto == PROTO_IGNORED {
                 return;
             }
@@ -59,7 +59,7 @@ fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {
         kind,
         _pad: [0; 7],
     };
-    if INFLIGHT.insert(&pid_tgid, &call, 0).is_err() {
+    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
         bump(STAT_INFLIGHT_FULL);
     }
 }

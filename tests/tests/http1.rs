@@ -1,0 +1,318 @@
+//! Root integration tests: the real agent (real BPF programs on syscall
+//! tracepoints) tracing real, unmodified programs over loopback HTTP/1.x.
+
+use std::{io::Write, process::Command, process::Stdio, thread, time::Duration};
+
+use tracer_tests::*;
+
+const TP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TP_PARENT: &str = "00f067aa0ba902b7";
+
+fn python(span: &Value) -> bool {
+    exe(span).starts_with("python3")
+}
+
+#[test]
+fn curl_to_nginx_gives_server_and_client_spans() {
+    if !require_root("curl_to_nginx_gives_server_and_client_spans") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let (_nginx, _dir) = nginx(port, "");
+    let url = format!("http://127.0.0.1:{port}/hello/42?token=secret");
+    let (curl_pid, _) = curl(&["-o", "/dev/null", "-A", "tracer-test/1.0", &url]);
+
+    let server = agent.wait_for(1, |sp| is_span(sp, "SERVER", "nginx", port));
+    let client = agent.wait_for(1, |sp| is_span(sp, "CLIENT", "curl", port));
+    assert_eq!(server.len(), 1, "{server:#?}");
+    assert_eq!(client.len(), 1, "{client:#?}");
+    let (sv, cl) = (&server[0], &client[0]);
+    for sp in [sv, cl] {
+        assert_eq!(s(sp, "name"), "GET /hello/{id}");
+        assert_eq!(attr(sp, "http.request.method"), "GET");
+        assert_eq!(attr(sp, "url.path"), "/hello/42");
+        assert_eq!(attr_i(sp, "http.response.status_code"), 200);
+        assert_eq!(attr(sp, "server.address"), "127.0.0.1");
+        assert_eq!(attr(sp, "user_agent.original"), "tracer-test/1.0");
+        assert_eq!(attr(sp, "network.protocol.version"), "1.1");
+        assert_eq!(s(sp, "status"), "UNSET");
+        assert!(sp["duration_ns"].as_u64().unwrap_or(0) > 0, "{sp:#}");
+        assert_eq!(s(sp, "trace_id").len(), 32);
+        assert_eq!(s(sp, "span_id").len(), 16);
+        assert!(
+            sp["parent_span_id"].is_null(),
+            "no incoming context: root span"
+        );
+        // The query string is never exported.
+        assert!(!sp.to_string().contains("secret"), "{sp:#}");
+    }
+    assert_eq!(pid(cl), u64::from(curl_pid));
+    // Same request seen from both ends: the server span nests in time
+    // inside the client span (both from the kernel's monotonic clock).
+    assert!(start(cl) <= start(sv), "client {cl:#} server {sv:#}");
+    assert!(end(sv) <= end(cl), "client {cl:#} server {sv:#}");
+    // The client's socket is the server's peer and vice versa.
+    assert_eq!(attr(sv, "client.address"), "127.0.0.1");
+    assert_eq!(attr_i(cl, "network.peer.port"), i64::from(port));
+    assert!(attr_i(sv, "network.peer.port") > 0);
+}
+
+#[test]
+fn incoming_traceparent_is_continued() {
+    if !require_root("incoming_traceparent_is_continued") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let (_nginx, _dir) = nginx(port, "");
+    let tp = format!("traceparent: 00-{TP_TRACE}-{TP_PARENT}-01");
+    let url = format!("http://127.0.0.1:{port}/hello");
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        &tp,
+        "-H",
+        "tracestate: vendor=x",
+        &url,
+    ]);
+    // And one with an invalid header (upper-case hex): a new trace.
+    let bad = format!("traceparent: 00-{}-{TP_PARENT}-01", TP_TRACE.to_uppercase());
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        &bad,
+        &format!("http://127.0.0.1:{port}/missing"),
+    ]);
+
+    let ok = agent.wait_for(1, |sp| {
+        is_span(sp, "SERVER", "nginx", port) && attr(sp, "url.path") == "/hello"
+    });
+    assert_eq!(s(&ok[0], "trace_id"), TP_TRACE);
+    assert_eq!(s(&ok[0], "parent_span_id"), TP_PARENT);
+    assert_eq!(s(&ok[0], "tracestate"), "vendor=x");
+    let fresh = agent.wait_for(1, |sp| {
+        is_span(sp, "SERVER", "nginx", port) && attr(sp, "url.path") == "/missing"
+    });
+    assert_ne!(
+        s(&fresh[0], "trace_id"),
+        TP_TRACE.to_uppercase().to_lowercase()
+    );
+    assert!(fresh[0]["parent_span_id"].is_null());
+    assert_eq!(attr_i(&fresh[0], "http.response.status_code"), 404);
+    // 404 is not a server error, but it is a client error.
+    assert_eq!(s(&fresh[0], "status"), "UNSET");
+    let c = agent.wait_for(1, |sp| {
+        is_span(sp, "CLIENT", "curl", port) && attr(sp, "url.path") == "/missing"
+    });
+    assert_eq!(s(&c[0], "status"), "ERROR");
+}
+
+#[test]
+fn keep_alive_connection_with_n_requests_gives_n_spans() {
+    if !require_root("keep_alive_connection_with_n_requests_gives_n_spans") {
+        return;
+    }
+    const N: usize = 7;
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let (_nginx, dir) = nginx(port, "");
+    // A static body large enough to be cut by the capture cap and sent with
+    // sendfile: its bytes are skipped, not parsed as the next response.
+    std::fs::write(dir.0.join("www/big.bin"), vec![b'z'; 200_000]).expect("big file");
+    let mut urls: Vec<String> = (0..N)
+        .map(|i| format!("http://127.0.0.1:{port}/hello/{i}"))
+        .collect();
+    urls.insert(3, format!("http://127.0.0.1:{port}/big.bin"));
+    let mut args = vec!["-o", "/dev/null"];
+    for _ in 1..urls.len() {
+        args.extend(["-o", "/dev/null"]);
+    }
+    args.extend(urls.iter().map(String::as_str));
+    curl(&args);
+
+    agent.wait_for(N + 1, |sp| is_span(sp, "SERVER", "nginx", port));
+    let client = agent.wait_for(N + 1, |sp| is_span(sp, "CLIENT", "curl", port));
+    thread::sleep(Duration::from_millis(300));
+    let server: Vec<Value> = agent
+        .spans()
+        .into_iter()
+        .filter(|sp| is_span(sp, "SERVER", "nginx", port))
+        .collect();
+    assert_eq!(server.len(), N + 1, "{server:#?}");
+    assert_eq!(client.len(), N + 1, "{client:#?}");
+    let paths: Vec<&str> = server
+        .iter()
+        .map(|sp| attr(sp, "url.path").as_str().unwrap_or(""))
+        .collect();
+    let mut want: Vec<String> = (0..N).map(|i| format!("/hello/{i}")).collect();
+    want.insert(3, "/big.bin".into());
+    assert_eq!(paths, want);
+    // One connection: every server span has the same client port.
+    let ports: std::collections::HashSet<i64> =
+        server.iter().map(|sp| attr_i(sp, "client.port")).collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "requests were not on one connection: {ports:?}"
+    );
+    for sp in server.iter().chain(client.iter()) {
+        assert_eq!(attr_i(sp, "http.response.status_code"), 200, "{sp:#}");
+        assert!(
+            sp["attributes"].get("tracer.end_estimated").is_none(),
+            "{sp:#}"
+        );
+    }
+}
+
+#[test]
+fn python_server_started_after_agent_post_and_errors() {
+    if !require_root("python_server_started_after_agent_post_and_errors") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let _py = python_server(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let body = "x".repeat(10_000);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "--data-binary",
+        &body,
+        &format!("{base}/items"),
+    ]);
+    curl(&["-o", "/dev/null", &format!("{base}/status/503")]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("{base}/chunked/50000"),
+        &format!("{base}/status/204"),
+    ]);
+
+    let server = agent.wait_for(4, |sp| {
+        s(sp, "kind") == "SERVER" && python(sp) && attr_i(sp, "server.port") == i64::from(port)
+    });
+    let by_path = |p: &str| {
+        server
+            .iter()
+            .find(|sp| attr(sp, "url.path") == p)
+            .unwrap_or_else(|| panic!("no server span for {p}: {server:#?}"))
+    };
+    let post = by_path("/items");
+    assert_eq!(s(post, "name"), "POST /items");
+    assert_eq!(attr_i(post, "http.response.status_code"), 201);
+    let err = by_path("/status/503");
+    assert_eq!(s(err, "name"), "GET /status/{id}");
+    assert_eq!(s(err, "status"), "ERROR");
+    assert_eq!(attr(err, "error.type"), "503");
+    let chunked = by_path("/chunked/50000");
+    assert_eq!(attr_i(chunked, "http.response.status_code"), 200);
+    let no_content = by_path("/status/204");
+    assert_eq!(attr_i(no_content, "http.response.status_code"), 204);
+    let client = agent.wait_for(4, |sp| is_span(sp, "CLIENT", "curl", port));
+    assert_eq!(client.len(), 4, "{client:#?}");
+}
+
+/// A Python client holding one keep-alive connection: one request before
+/// the agent starts, more after a line on stdin.
+const PY_CLIENT: &str = r#"
+import sys, http.client
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+def get(p):
+    c.request("GET", p); r = c.getresponse(); r.read()
+get("/before")
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(3):
+    get("/after/%d" % i)
+print("done", flush=True)
+"#;
+
+#[test]
+fn connection_opened_before_agent_is_traced() {
+    if !require_root("connection_opened_before_agent_is_traced") {
+        return;
+    }
+    let port = free_port();
+    let _py = python_server(port);
+    let mut client = Proc::spawn(
+        "python3 client",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_CLIENT)
+            .arg(port.to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut out = std::io::BufReader::new(client.child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("client ready");
+    assert_eq!(line.trim(), "ready");
+
+    let agent = Agent::start(&[]);
+    client
+        .child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("client done");
+    assert_eq!(line.trim(), "done");
+
+    let server = agent.wait_for(3, |sp| {
+        s(sp, "kind") == "SERVER" && python(sp) && attr_i(sp, "server.port") == i64::from(port)
+    });
+    let client_spans = agent.wait_for(3, |sp| {
+        s(sp, "kind") == "CLIENT" && python(sp) && attr_i(sp, "server.port") == i64::from(port)
+    });
+    for spans in [&server, &client_spans] {
+        let paths: Vec<&str> = spans
+            .iter()
+            .map(|sp| attr(sp, "url.path").as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(paths, ["/after/0", "/after/1", "/after/2"]);
+    }
+    assert_eq!(s(&server[0], "name"), "GET /after/{id}");
+}
+
+#[test]
+fn exe_filter_keeps_only_matching_processes() {
+    if !require_root("exe_filter_keeps_only_matching_processes") {
+        return;
+    }
+    let agent = Agent::start(&["--exe", "nginx"]);
+    let port = free_port();
+    let (_nginx, _dir) = nginx(port, "");
+    for _ in 0..3 {
+        curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/hello")]);
+    }
+    agent.wait_for(3, |sp| is_span(sp, "SERVER", "nginx", port));
+    thread::sleep(Duration::from_millis(500));
+    let others: Vec<Value> = agent
+        .spans()
+        .into_iter()
+        .filter(|sp| exe(sp) != "nginx")
+        .collect();
+    assert!(others.is_empty(), "filtered processes leaked: {others:#?}");
+}
+
+#[test]
+fn agent_refuses_bad_configuration_loudly() {
+    if !require_root("agent_refuses_bad_configuration_loudly") {
+        return;
+    }
+    // The kernel refuses a connection map with no entries: the agent must
+    // exit non-zero with the kernel's reason, never run without its probes.
+    let (status, err) = run_tracer_to_exit(&["--max-connections", "0"]);
+    assert!(!status.success(), "tracer ran without its BPF maps: {err}");
+    assert!(err.contains("failed to create map `CONNS`"), "{err}");
+    assert!(err.contains("Invalid argument"), "{err}");
+}

@@ -1,0 +1,186 @@
+//! Idempotent machine setup. Every step checks before it acts, so a second
+//! run costs a few seconds.
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::util::{is_root, output, run, which};
+
+/// bpf-linker release known to work with the pinned aya family.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and the benchmark drive (binary -> package).
+const APT_PEERS: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    ("bpftool", "bpftool"),
+    ("curl", "curl"),
+];
+
+/// Where setup keeps what it builds: outside the work tree, so a fresh
+/// clone (CI) reuses it, and in one place so it is easy to delete.
+pub fn tools_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TRACER_TOOLS_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/tracer")
+}
+
+/// PATH with the bpf-linker directory first.
+pub fn path_with_tools() -> std::ffi::OsString {
+    let mut parts = vec![tools_dir().join("bin")];
+    if let Some(p) = std::env::var_os("PATH") {
+        parts.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(parts).unwrap_or_default()
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    ))
+}
+
+/// The nightly toolchain and its rust-src (for `-Z build-std=core`).
+fn nightly() -> anyhow::Result<()> {
+    if output(Command::new("rustc").args(["+nightly", "-vV"])).is_err() {
+        // Never `rustup update` an existing nightly: bpf-linker is linked
+        // against its libLLVM. Installing one that is missing is fine.
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let src = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core");
+    if !src.exists() {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker linked against the nightly's own libLLVM (Debian's LLVM is
+/// too old for the nightly's bitcode). Rebuilt when the stamp (nightly
+/// version + linker version) changes.
+fn bpf_linker() -> anyhow::Result<()> {
+    let dir = tools_dir();
+    let bin = dir.join("bin/bpf-linker");
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let stamp_text = format!("bpf-linker {BPF_LINKER_VERSION}\n{vv}");
+    let stamp = dir.join("bpf-linker.stamp");
+    if bin.exists() && fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text) {
+        return Ok(());
+    }
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not report its LLVM version")?
+        .to_owned();
+    let lib_dir = nightly_sysroot()?.join("lib");
+    let libllvm = fs::read_dir(&lib_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| format!("no libLLVM shared library in {}", lib_dir.display()))?;
+    let prefix = dir.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    let file_name = libllvm.file_name().context("libLLVM file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(file_name)] {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("symlink {}", link.display()))?;
+    }
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+            "--root",
+        ])
+        .arg(&dir)
+        .env("LLVM_PREFIX", &prefix))?;
+    fs::write(&stamp, stamp_text)?;
+    Ok(())
+}
+
+/// Everything needed to build.
+pub fn toolchain() -> anyhow::Result<()> {
+    nightly()?;
+    bpf_linker()
+}
+
+/// Test peers from Debian (nginx, wrk, h2load, bpftool, curl).
+fn peers() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PEERS
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none() && !PathBuf::from("/usr/sbin").join(bin).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing test peers {missing:?}: run `cargo xtask setup` as root");
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    // policy-rc.d-style guard: a package's service (nginx on :80) must not
+    // be started by the install.
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("RUNLEVEL", "1"))?;
+    Ok(())
+}
+
+fn is_mounted(target: &str) -> bool {
+    fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(target))
+        })
+        .unwrap_or(false)
+}
+
+/// tracefs (tracepoints) and bpffs, when missing.
+fn mounts() -> anyhow::Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    for (fs_type, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        if !is_mounted(target) {
+            let _ = fs::create_dir_all(target);
+            if let Err(e) = run(Command::new("mount").args(["-t", fs_type, "nodev", target])) {
+                eprintln!("warning: could not mount {fs_type} at {target}: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn all() -> anyhow::Result<()> {
+    toolchain()?;
+    peers()?;
+    mounts()
+}

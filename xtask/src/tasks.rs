@@ -1,0 +1,106 @@
+//! build, run, test and lint.
+use std::{os::unix::process::CommandExt as _, path::PathBuf, process::Command};
+
+use anyhow::Context as _;
+
+use crate::{
+    setup::{self, path_with_tools},
+    util::{is_root, root, run as sh, which},
+};
+
+/// A cargo command in the workspace with bpf-linker on PATH.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root()).env("PATH", path_with_tools());
+    c
+}
+
+/// Release build of the agent; returns the binary's path.
+pub fn build() -> anyhow::Result<PathBuf> {
+    setup::toolchain()?;
+    sh(cargo().args(["build", "--release", "-p", "tracer-agent"]))?;
+    Ok(root().join("target/release/tracer"))
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let bin = build()?;
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else {
+        let sudo = which("sudo").context("the tracer needs root; run this as root")?;
+        let mut c = Command::new(sudo);
+        c.arg(&bin);
+        c
+    };
+    cmd.args(args);
+    eprintln!("+ {cmd:?}");
+    // Replace this process so Ctrl-C and SIGTERM reach the tracer directly.
+    Err(cmd.exec()).context("starting the tracer")
+}
+
+pub fn lint() -> anyhow::Result<()> {
+    setup::toolchain()?;
+    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Userspace crates: the BPF object is not needed to type-check them
+    // (AYA_BUILD_SKIP writes a stub), which keeps clippy fast.
+    sh(cargo()
+        .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1"))?;
+    // The kernel crate on its own, for its real target: feature
+    // unification with userspace crates must not hide its warnings.
+    let mut nightly = Command::new("rustup");
+    nightly
+        .current_dir(root())
+        .env("PATH", path_with_tools())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO");
+    sh(nightly
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "tracer-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", root().join("target/ebpf-clippy")))?;
+    Ok(())
+}
+
+pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
+    setup::all()?;
+    lint()?;
+    sh(cargo().args([
+        "test",
+        "-p",
+        "tracer-common",
+        "-p",
+        "tracer-agent",
+        "-p",
+        "xtask",
+    ]))?;
+    let bin = build()?;
+    if !is_root() {
+        println!(
+            "SKIP: integration tests load BPF programs and need root (run as root to include them)"
+        );
+        return Ok(());
+    }
+    let mut c = cargo();
+    c.args(["test", "--release", "-p", "tracer-tests", "--"])
+        .arg("--test-threads=1");
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    c.env("TRACER_BIN", &bin);
+    sh(&mut c)
+}
