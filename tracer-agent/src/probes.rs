@@ -10,7 +10,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
-use tracer_common::{Config, MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_PID_FILTER, MAP_SCRATCH};
+use tracer_common::{
+    Config, MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_INFLIGHT, MAP_PID_FILTER, MAP_SCRATCH,
+};
 
 /// The compiled kernel object, built by build.rs through aya-build.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -108,6 +110,18 @@ pub struct LoadOptions {
     pub kernel_log_level: u8,
 }
 
+/// Slots of the in-flight syscall map: the next power of two of
+/// `kernel.pid_max` (so threads never share one), within bounds.
+pub fn inflight_slots() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(tracer_common::MAX_INFLIGHT_SLOTS);
+    pid_max
+        .clamp(1024, tracer_common::MAX_INFLIGHT_SLOTS)
+        .next_power_of_two()
+}
+
 /// What happened to each probe.
 pub struct AttachReport {
     pub attached: Vec<String>,
@@ -157,6 +171,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_SCRATCH, possible_cpus)
+        .map_max_entries(MAP_INFLIGHT, opts.config.inflight_mask + 1)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .load(BPF_OBJECT)
         .map_err(ProbeError::Load)?;

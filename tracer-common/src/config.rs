@@ -6,7 +6,9 @@ pub const MAP_CONFIG: &str = "CONFIG";
 /// Per-connection state, keyed by [`crate::conn_key`]. LRU so that leaked
 /// entries (a process killed mid-connection) age out instead of filling it.
 pub const MAP_CONNS: &str = "CONNS";
-/// Syscall arguments saved at `sys_enter_*`, consumed at `sys_exit_*`.
+/// Syscall arguments saved at `sys_enter_*`, consumed at `sys_exit_*`: an
+/// array indexed by `tid & inflight_mask` (one store per syscall instead
+/// of a hash update, which cost more than the rest of the probe).
 pub const MAP_INFLIGHT: &str = "INFLIGHT";
 /// Event ring buffer (kernel -> agent).
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -20,8 +22,12 @@ pub const MAP_PID_FILTER: &str = "PID_FILTER";
 
 /// Default size of [`MAP_CONNS`]; the agent can change it at load time.
 pub const DEFAULT_MAX_CONNS: u32 = 65_536;
-/// Default size of [`MAP_INFLIGHT`]: one entry per thread inside a traced syscall.
-pub const DEFAULT_MAX_INFLIGHT: u32 = 16_384;
+/// Compiled-in size of [`MAP_INFLIGHT`]; the agent sizes it to the next
+/// power of two of `kernel.pid_max` (capped by [`MAX_INFLIGHT_SLOTS`]) so
+/// that, below the cap, no two threads share a slot.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 32_768;
+/// Upper bound of [`MAP_INFLIGHT`] (48 B a slot: 12 MiB).
+pub const MAX_INFLIGHT_SLOTS: u32 = 1 << 18;
 /// Default ring buffer size in bytes (power of two, multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 /// Compiled-in size of [`MAP_SCRATCH`]; the agent resizes it to the number
@@ -41,7 +47,8 @@ pub struct Config {
     pub self_tgid: u32,
     /// Non-zero: only tgids present in [`MAP_PID_FILTER`] are traced.
     pub filter_pids: u32,
-    pub _pad: u32,
+    /// Size of [`MAP_INFLIGHT`] minus one (a power of two minus one).
+    pub inflight_mask: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 16);

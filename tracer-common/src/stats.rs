@@ -2,12 +2,13 @@
 
 /// A data or control event could not be written: the ring buffer was full.
 pub const STAT_RINGBUF_DROPS: u32 = 0;
-/// `sys_enter` could not save arguments (in-flight map full).
-pub const STAT_INFLIGHT_FULL: u32 = 1;
+/// A thread's saved syscall arguments were overwritten by another thread
+/// sharing its in-flight slot (only when pid_max exceeds the slot count).
+pub const STAT_INFLIGHT_COLLISIONS: u32 = 1;
 /// A new connection could not be stored (map update failed).
 pub const STAT_CONN_INSERT_FAILED: u32 = 2;
-/// Data events emitted.
-pub const STAT_DATA_EVENTS: u32 = 3;
+/// Unused slot (kept so indices stay stable; the agent counts events).
+pub const STAT_RESERVED: u32 = 3;
 /// Syscalls whose payload was longer than the capture cap.
 pub const STAT_TRUNCATED: u32 = 4;
 /// Connections classified as HTTP/1 or HTTP/2.
@@ -25,9 +26,9 @@ pub const STAT_COUNT: u32 = 9;
 /// Human names, indexed like the counters.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "ringbuf_drops",
-    "inflight_full",
+    "inflight_collisions",
     "conn_insert_failed",
-    "data_events",
+    "reserved",
     "truncated_syscalls",
     "conns_http",
     "conns_ignored",

@@ -13,6 +13,10 @@ use tracer_common::{
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingCall {
+    /// Owner of the slot; 0 when free. Written last at entry, checked
+    /// before and after the copy at exit, so a thread sharing the slot can
+    /// never hand its arguments to another.
+    pub pid_tgid: u64,
     /// Kernel monotonic ns at syscall entry.
     pub ts: u64,
     /// Buffer, iovec array, msghdr or sockaddr pointer (by `kind`).
@@ -33,9 +37,35 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
+/// Indexed by `tid & Config::inflight_mask`. Array lookups are inlined by
+/// the verifier, so saving arguments is a few stores.
 #[map]
-pub static INFLIGHT: LruHashMap<u64, PendingCall> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
+pub static INFLIGHT: Array<PendingCall> = Array::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
+
+/// The in-flight slot of a thread.
+#[inline(always)]
+pub fn inflight_slot(pid_tgid: u64, cfg: &Config) -> Option<*mut PendingCall> {
+    INFLIGHT.get_ptr_mut((pid_tgid as u32) & cfg.inflight_mask)
+}
+
+/// Takes this thread's saved arguments out of its slot.
+#[inline(always)]
+pub fn take_inflight(pid_tgid: u64, cfg: &Config) -> Option<PendingCall> {
+    let slot = inflight_slot(pid_tgid, cfg)?;
+    // SAFETY: valid map value pointer; volatile so the owner check really
+    // brackets the copy.
+    unsafe {
+        if core::ptr::read_volatile(&(*slot).pid_tgid) != pid_tgid {
+            return None;
+        }
+        let call = core::ptr::read_volatile(slot);
+        core::ptr::write_volatile(&mut (*slot).pid_tgid, 0);
+        if call.pid_tgid != pid_tgid {
+            return None;
+        }
+        Some(call)
+    }
+}
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);

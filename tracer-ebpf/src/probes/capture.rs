@@ -21,14 +21,13 @@ use tracer_common::{
     ORIGIN_CONNECT, ORIGIN_INFERRED, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
     SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO,
     SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
-    STAT_CONN_INSERT_FAILED, STAT_DATA_EVENTS, STAT_READ_FAILED, STAT_RINGBUF_DROPS,
-    STAT_TRUNCATED,
+    STAT_CONN_INSERT_FAILED, STAT_READ_FAILED, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
 };
 
-use super::{CALL_ACCEPT, CALL_CONNECT, OFF_NR, OFF_RET};
+use super::{ctx_nr, ctx_u64, CALL_ACCEPT, CALL_CONNECT, OFF_RET, RB_FLAGS};
 use crate::{
     classify::classify,
-    maps::{bump, config, PendingCall, CONNS, EVENTS, INFLIGHT, SCRATCH},
+    maps::{bump, config, take_inflight, PendingCall, CONNS, EVENTS, SCRATCH},
 };
 
 /// `-EINPROGRESS`: a non-blocking connect that is under way.
@@ -61,18 +60,13 @@ pub fn tracer_sys_exit(ctx: TracePointContext) -> u32 {
 
 fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let call = match unsafe { INFLIGHT.get(pid_tgid) } {
-        Some(c) => *c,
-        None => return Ok(()),
+    let Some(call) = take_inflight(pid_tgid, &config()) else {
+        return Ok(());
     };
-    let _ = INFLIGHT.remove(pid_tgid);
-    // SAFETY: fixed offsets of the syscall tracepoint record (see mod.rs).
-    let nr = unsafe { ctx.read_at::<i32>(OFF_NR) }.map_err(|e| e as i64)? as u32;
-    if nr != call.nr {
+    if ctx_nr(ctx) != call.nr {
         return Ok(());
     }
-    let ret = unsafe { ctx.read_at::<i64>(OFF_RET) }.map_err(|e| e as i64)?;
+    let ret = ctx_u64(ctx, OFF_RET) as i64;
     let tgid = (pid_tgid >> 32) as u32;
     match call.kind {
         CALL_ACCEPT => {
@@ -275,7 +269,7 @@ fn emit_open(pid_tgid: u64, fd: u32, st: &ConnState) {
         _pad: [0; 5],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<ConnOpenEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ConnOpenEvent>(&ev, RB_FLAGS).is_err() {
         bump(STAT_RINGBUF_DROPS);
     }
 }
@@ -411,9 +405,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, ret: u64, conn_id: u64, seq: u32
     // scratch value.
     let bytes =
         unsafe { core::slice::from_raw_parts((scratch as *const DataScratch).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, RB_FLAGS).is_err() {
         bump(STAT_RINGBUF_DROPS);
-    } else {
-        bump(STAT_DATA_EVENTS);
     }
 }

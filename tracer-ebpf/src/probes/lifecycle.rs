@@ -9,8 +9,8 @@ use tracer_common::{
     PROTO_HTTP2, STAT_RINGBUF_DROPS,
 };
 
-use super::OFF_ARG0;
-use crate::maps::{bump, CONNS, EVENTS};
+use super::{ctx_u64, OFF_ARG0, RB_FLAGS};
+use crate::maps::{bump, config, take_inflight, CONNS, EVENTS};
 
 /// `syscalls:sys_enter_close(fd)`: forget the socket; tell the agent if it
 /// was one it parses (so it can finish a read-until-close response).
@@ -18,10 +18,7 @@ use crate::maps::{bump, CONNS, EVENTS};
 pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: fixed offset of the syscall tracepoint record.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(OFF_ARG0) }) else {
-        return 0;
-    };
+    let fd = ctx_u64(&ctx, OFF_ARG0);
     let key = conn_key(tgid, fd as u32);
     // SAFETY: the fields are copied out before the entry is removed.
     let Some(st) = (unsafe { CONNS.get(key) }) else {
@@ -39,18 +36,21 @@ pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
             conn_id,
             ts: unsafe { bpf_ktime_get_ns() },
         };
-        if EVENTS.output::<ConnCloseEvent>(&ev, 0).is_err() {
+        if EVENTS.output::<ConnCloseEvent>(&ev, RB_FLAGS).is_err() {
             bump(STAT_RINGBUF_DROPS);
         }
     }
     0
 }
 
-/// `sched:sched_process_exit`, run in the exiting task: when the thread-group
-/// leader exits, the agent drops the process's connections and caches.
+/// `sched:sched_process_exit`, run in the exiting task, for every thread:
+/// a thread killed inside a traced syscall never reaches its `sys_exit`, so
+/// its saved arguments are dropped here (a stale slot is never reused). When the
+/// thread-group leader exits, the agent drops the process's state.
 #[tracepoint]
 pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = take_inflight(pid_tgid, &config());
     let tgid = (pid_tgid >> 32) as u32;
     if tgid != pid_tgid as u32 {
         return 0;
@@ -61,7 +61,7 @@ pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
         tgid,
         ts: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<ProcExitEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ProcExitEvent>(&ev, RB_FLAGS).is_err() {
         bump(STAT_RINGBUF_DROPS);
     }
     0

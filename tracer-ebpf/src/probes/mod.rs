@@ -16,3 +16,27 @@ pub const OFF_RET: usize = 16;
 /// `SRC_*` constants of the data event).
 pub const CALL_ACCEPT: u8 = 100;
 pub const CALL_CONNECT: u8 = 101;
+
+/// Reads an 8-byte slot of the tracepoint record directly. Tracepoint
+/// programs may load from their context within the record (the verifier
+/// checks the offset), which is much cheaper than `bpf_probe_read_kernel`.
+#[inline(always)]
+pub fn ctx_u64(ctx: &aya_ebpf::programs::TracePointContext, off: usize) -> u64 {
+    use aya_ebpf::EbpfContext as _;
+    // SAFETY: `off` is one of the constant offsets above, inside every
+    // syscall tracepoint record.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<u64>()) }
+}
+
+/// `__syscall_nr` of the record.
+#[inline(always)]
+pub fn ctx_nr(ctx: &aya_ebpf::programs::TracePointContext) -> u32 {
+    use aya_ebpf::EbpfContext as _;
+    // SAFETY: constant offset inside every syscall tracepoint record.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(OFF_NR).cast::<u32>()) }
+}
+
+/// Ring-buffer flags for every event: never wake the agent. It drains the
+/// ring on a short timer instead; a wakeup per event cost more than the
+/// rest of the probe, and querying the fill level is another helper call.
+pub const RB_FLAGS: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;

@@ -9,18 +9,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    conn_key, PROTO_IGNORED, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE,
-    SRC_SENDMSG, SRC_SENDTO, SRC_WRITE, SRC_WRITEV, STAT_INFLIGHT_FULL,
+    Config, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO,
+    SRC_WRITE, SRC_WRITEV, STAT_INFLIGHT_COLLISIONS,
 };
 
-use super::{CALL_ACCEPT, CALL_CONNECT, OFF_ARG0, OFF_ARG1, OFF_ARG2, OFF_NR};
-use crate::maps::{bump, config, PendingCall, CONNS, INFLIGHT, PID_FILTER};
+use super::{ctx_nr, ctx_u64, CALL_ACCEPT, CALL_CONNECT, OFF_ARG0, OFF_ARG1, OFF_ARG2};
+use crate::maps::{bump, config, inflight_slot, PID_FILTER};
 
 /// Whether this process is traced at all: never the agent itself, and only
 /// the `--pid` set when one is given.
 #[inline(always)]
-pub fn traced(tgid: u32) -> bool {
-    let cfg = config();
+pub fn traced(tgid: u32, cfg: &Config) -> bool {
     if tgid == cfg.self_tgid {
         return false;
     }
@@ -34,47 +33,41 @@ pub fn traced(tgid: u32) -> bool {
 #[inline(always)]
 fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !traced(tgid) {
+    let cfg = config();
+    if !traced((pid_tgid >> 32) as u32, &cfg) {
         return;
     }
-    let fd = fd as u32;
-    if kind != CALL_ACCEPT && kind != CALL_CONNECT {
-        // A socket already classified as uninteresting costs one lookup.
-        // SAFETY: the value is copied out immediately.
-        if let Some(c) = unsafe { CONNS.get(conn_key(tgid, fd)) } {
-            if c.proto == PROTO_IGNORED {
-                return;
-            }
-        }
-    }
-    // SAFETY: reading the tracepoint record at a fixed, documented offset.
-    let nr = unsafe { ctx.read_at::<i32>(OFF_NR) }.unwrap_or(-1) as u32;
-    let call = PendingCall {
-        ts: unsafe { bpf_ktime_get_ns() },
-        ptr,
-        len,
-        fd,
-        nr,
-        kind,
-        _pad: [0; 7],
+    // No socket lookup here: saving the arguments is cheaper than a hash
+    // lookup, and the exit hook looks the socket up anyway.
+    let Some(slot) = inflight_slot(pid_tgid, &cfg) else {
+        return;
     };
-    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
-        bump(STAT_INFLIGHT_FULL);
+    // SAFETY: valid map value pointer. The owner is cleared first and
+    // written last, so a concurrent reader never takes a half-written slot.
+    unsafe {
+        let owner = core::ptr::read_volatile(&(*slot).pid_tgid);
+        if owner != 0 && owner != pid_tgid {
+            bump(STAT_INFLIGHT_COLLISIONS);
+        }
+        core::ptr::write_volatile(&mut (*slot).pid_tgid, 0);
+        (*slot).ts = bpf_ktime_get_ns();
+        (*slot).ptr = ptr;
+        (*slot).len = len;
+        (*slot).fd = fd as u32;
+        (*slot).nr = ctx_nr(ctx);
+        (*slot).kind = kind;
+        core::ptr::write_volatile(&mut (*slot).pid_tgid, pid_tgid);
     }
 }
 
 /// The three leading syscall arguments.
 #[inline(always)]
 fn args3(ctx: &TracePointContext) -> (u64, u64, u64) {
-    // SAFETY: fixed offsets of the syscall tracepoint record (see mod.rs).
-    unsafe {
-        (
-            ctx.read_at::<u64>(OFF_ARG0).unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(OFF_ARG1).unwrap_or(0),
-            ctx.read_at::<u64>(OFF_ARG2).unwrap_or(0),
-        )
-    }
+    (
+        ctx_u64(ctx, OFF_ARG0),
+        ctx_u64(ctx, OFF_ARG1),
+        ctx_u64(ctx, OFF_ARG2),
+    )
 }
 
 macro_rules! enter_probe {
