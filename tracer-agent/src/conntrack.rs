@@ -6,6 +6,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use tracer_common::{DataHeader, DIR_INGRESS, ROLE_SERVER};
@@ -41,6 +42,8 @@ pub struct Exchange {
     pub end_estimated: bool,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// `peer`'s IP as text, formatted once per connection.
+    pub peer_ip: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -54,13 +57,33 @@ struct Pending {
 }
 
 /// Static facts about a connection, from the open event and /proc.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnMeta {
     pub conn_id: u64,
     pub tgid: u32,
     pub role: Role,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    pub peer_ip: Option<Arc<str>>,
+}
+
+impl ConnMeta {
+    pub fn new(
+        conn_id: u64,
+        tgid: u32,
+        role: Role,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
+        Self {
+            conn_id,
+            tgid,
+            role,
+            local,
+            peer,
+            peer_ip: peer.map(|p| Arc::from(p.ip().to_string())),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -115,6 +138,7 @@ impl Conn {
             end_estimated: estimated,
             local: self.meta.local,
             peer: self.meta.peer,
+            peer_ip: self.meta.peer_ip.clone(),
         });
     }
 
@@ -403,13 +427,7 @@ mod tests {
     impl Feed {
         fn new(role: Role) -> Self {
             Self {
-                conn: Conn::new(ConnMeta {
-                    conn_id: 1,
-                    tgid: 10,
-                    role,
-                    local: None,
-                    peer: None,
-                }),
+                conn: Conn::new(ConnMeta::new(1, 10, role, None, None)),
                 seq: 0,
                 ts: 100,
                 stats: Stats::default(),
@@ -532,13 +550,7 @@ mod tests {
         let mut out = Vec::new();
         let mut t = ConnTable::new(4);
         for fd in 0..10 {
-            let meta = ConnMeta {
-                conn_id: fd as u64,
-                tgid: 1,
-                role: Role::Server,
-                local: None,
-                peer: None,
-            };
+            let meta = ConnMeta::new(fd as u64, 1, Role::Server, None, None);
             t.open(fd, meta, &stats, &mut out);
         }
         assert_eq!(t.len(), 4);

@@ -82,6 +82,7 @@ fn drain_ring(ring: &mut RingBuf<aya::maps::MapData>, pipeline: &mut Pipeline) {
     while let Some(item) = ring.next() {
         pipeline.handle(&item);
     }
+    pipeline.flush();
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -142,8 +143,9 @@ async fn main() -> anyhow::Result<()> {
         .context("map STATS")?;
 
     let stats = Arc::new(Stats::default());
-    let (tx, rx) = mpsc::channel(args.span_queue.max(1));
-    let writer = tokio::spawn(output::run(rx, args.output));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn(output::run(rx, queued.clone(), args.output));
     let mut pipeline = Pipeline::new(
         args.max_connections as usize,
         pipeline::Filters {
@@ -152,7 +154,11 @@ async fn main() -> anyhow::Result<()> {
         },
         kernel_conns,
         stats.clone(),
-        tx,
+        pipeline::SpanQueue {
+            tx,
+            queued,
+            capacity: args.span_queue.max(1),
+        },
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;

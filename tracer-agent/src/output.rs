@@ -1,7 +1,13 @@
 //! Local span output: one line per span on stdout, human-readable or JSON
 //! lines. This is the zero-setup way to see the tracer work.
 
-use std::io::Write;
+use std::{
+    io::Write,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -20,8 +26,8 @@ pub enum Format {
 
 fn attr_json(v: &AttrValue) -> Value {
     match v {
-        AttrValue::Str(s) => Value::String(s.clone()),
         AttrValue::Int(i) => Value::from(*i),
+        other => Value::String(other.as_str().unwrap_or_default().to_owned()),
     }
 }
 
@@ -83,12 +89,14 @@ fn format_duration(ns: u64) -> String {
     }
 }
 
-pub fn to_text(s: &Span) -> String {
+/// Writes one human-readable line.
+pub fn write_text(out: &mut impl Write, s: &Span) -> std::io::Result<()> {
     let status = match s.attr("http.response.status_code") {
-        Some(AttrValue::Int(c)) => c.to_string(),
-        _ => "-".into(),
+        Some(AttrValue::Int(c)) => *c,
+        _ => 0,
     };
-    format!(
+    writeln!(
+        out,
         "{} {}[{}] {:<6} {} {} {}{} trace={} span={} parent={}",
         format_time(s.start_unix_ns),
         s.process.service_name,
@@ -108,25 +116,33 @@ pub fn to_text(s: &Span) -> String {
     )
 }
 
-/// Writes spans until the channel closes. Flushes whenever the queue runs
-/// empty, so lines appear promptly without a syscall per span under load.
-pub async fn run(mut rx: mpsc::Receiver<Span>, format: Format) {
+/// Writes batches of spans until the channel closes, flushing after each
+/// batch so lines appear promptly without a syscall per span.
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<Vec<Span>>,
+    queued: Arc<AtomicUsize>,
+    format: Format,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    while let Some(span) = rx.recv().await {
-        let mut next = Some(span);
-        while let Some(s) = next {
-            let line = match format {
-                Format::Text => to_text(&s),
-                Format::Json => to_json(&s).to_string(),
-                Format::None => String::new(),
-            };
-            if format != Format::None && writeln!(out, "{line}").is_err() {
-                // stdout closed (e.g. piped into `head`): keep tracing.
-                break;
+    let mut broken = false;
+    while let Some(batch) = rx.recv().await {
+        let n = batch.len();
+        if !broken && format != Format::None {
+            for s in &batch {
+                let r = match format {
+                    Format::Text => write_text(&mut out, s),
+                    Format::Json => writeln!(out, "{}", to_json(s)),
+                    Format::None => Ok(()),
+                };
+                if r.is_err() {
+                    // stdout closed (e.g. piped into `head`): keep tracing.
+                    broken = true;
+                    break;
+                }
             }
-            next = rx.try_recv().ok();
+            let _ = out.flush();
         }
-        let _ = out.flush();
+        queued.fetch_sub(n, Ordering::Relaxed);
     }
     let _ = out.flush();
 }

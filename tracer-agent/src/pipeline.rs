@@ -2,7 +2,13 @@
 //! assembly -> output queue. Runs on one task; nothing here blocks on the
 //! output (spans are `try_send`-ed and counted when dropped).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use tokio::sync::mpsc;
@@ -20,6 +26,16 @@ use crate::{
     stats::Stats,
 };
 
+/// The bounded hand-off to the output task: batches travel over an
+/// unbounded channel, but the number of spans in flight is capped by
+/// `capacity` through `queued` (the writer decrements it), so memory is
+/// bounded and the event path never waits.
+pub struct SpanQueue {
+    pub tx: mpsc::UnboundedSender<Vec<Span>>,
+    pub queued: Arc<AtomicUsize>,
+    pub capacity: usize,
+}
+
 /// Which connections the user asked for (empty = all).
 #[derive(Debug, Default, Clone)]
 pub struct Filters {
@@ -35,7 +51,9 @@ pub struct Pipeline {
     builder: SpanBuilder,
     clock: Clock,
     stats: Arc<Stats>,
-    tx: mpsc::Sender<Span>,
+    out: SpanQueue,
+    /// Spans built since the last flush, sent to the writer as one batch.
+    batch: Vec<Span>,
     /// Reused buffer of exchanges completed by the current record.
     done: Vec<Exchange>,
     warned_decode: bool,
@@ -48,7 +66,7 @@ impl Pipeline {
         filters: Filters,
         kernel_conns: BpfHashMap<MapData, u64, ConnState>,
         stats: Arc<Stats>,
-        tx: mpsc::Sender<Span>,
+        out: SpanQueue,
     ) -> Self {
         Self {
             conns: ConnTable::new(max_conns),
@@ -58,7 +76,8 @@ impl Pipeline {
             builder: SpanBuilder::new(),
             clock: Clock::new(),
             stats,
-            tx,
+            out,
+            batch: Vec::new(),
             done: Vec::new(),
             warned_decode: false,
             warned_queue: false,
@@ -148,13 +167,7 @@ impl Pipeline {
             self.veto(ev);
             return;
         }
-        let meta = ConnMeta {
-            conn_id: ev.conn_id,
-            tgid: ev.tgid,
-            role: role_from_wire(ev.role),
-            local,
-            peer,
-        };
+        let meta = ConnMeta::new(ev.conn_id, ev.tgid, role_from_wire(ev.role), local, peer);
         self.conns.open(ev.fd, meta, &self.stats, &mut self.done);
     }
 
@@ -183,14 +196,29 @@ impl Pipeline {
         }
         for ex in std::mem::take(&mut self.done) {
             let process = self.procs.get_or_read(ex.tgid, "");
-            let span = self.builder.build(ex, process, &self.clock, &self.stats);
-            if self.tx.try_send(span).is_err() {
+            if self.out.queued.load(Ordering::Relaxed) + self.batch.len() >= self.out.capacity {
                 Stats::inc(&self.stats.spans_dropped);
                 if !self.warned_queue {
                     self.warned_queue = true;
                     tracing::warn!("span output queue full: dropping spans (counted)");
                 }
+                continue;
             }
+            let span = self.builder.build(ex, process, &self.clock, &self.stats);
+            self.batch.push(span);
+        }
+    }
+
+    /// Hands the spans built so far to the writer (one wakeup per batch).
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.out.queued.fetch_add(batch.len(), Ordering::Relaxed);
+        if let Err(e) = self.out.tx.send(batch) {
+            // The writer is gone (shutdown): nothing to deliver to.
+            self.out.queued.fetch_sub(e.0.len(), Ordering::Relaxed);
         }
     }
 
@@ -203,6 +231,7 @@ impl Pipeline {
     pub fn drain(&mut self) {
         self.conns.drain(&self.stats, &mut self.done);
         self.emit_done();
+        self.flush();
     }
 
     pub fn conn_count(&self) -> usize {
