@@ -18,6 +18,13 @@ use crate::{
 
 /// Requests waiting for a response on one connection (pipelining depth).
 pub const MAX_PENDING: usize = 64;
+/// Bytes of partial headers held across all connections. Each reader may
+/// hold up to 16 KiB; without a global cap, many connections sending slow
+/// partial headers could make the agent grow without bound.
+pub const BUFFER_BUDGET: usize = 64 << 20;
+/// Share of the table evicted at once when it is full, so a flood of new
+/// connections costs an amortised O(1) each, not a full scan each.
+const EVICT_FRACTION: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -215,6 +222,10 @@ impl Conn {
         }
     }
 
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
+
     fn front_answered(&self) -> bool {
         self.pending.front().is_some_and(|p| p.response.is_some())
     }
@@ -301,13 +312,43 @@ impl Conn {
 pub struct ConnTable {
     conns: HashMap<(u32, u32), Conn>,
     max_conns: usize,
+    /// Sum of `Conn::buffered` over the table.
+    buffered: usize,
+    budget: usize,
 }
 
 impl ConnTable {
     pub fn new(max_conns: usize) -> Self {
+        Self::with_budget(max_conns, BUFFER_BUDGET)
+    }
+
+    pub fn with_budget(max_conns: usize, budget: usize) -> Self {
         Self {
             conns: HashMap::new(),
             max_conns: max_conns.max(1),
+            buffered: 0,
+            budget,
+        }
+    }
+
+    fn remove(&mut self, key: &(u32, u32)) -> Option<Conn> {
+        let c = self.conns.remove(key)?;
+        self.buffered = self.buffered.saturating_sub(c.buffered());
+        Some(c)
+    }
+
+    /// Evicts the least recently active connections (a fraction of the
+    /// table, found with a partial sort).
+    fn evict(&mut self, stats: &Stats) {
+        let n = (self.conns.len() / EVICT_FRACTION).max(1);
+        let mut ages: Vec<(u64, (u32, u32))> =
+            self.conns.iter().map(|(k, c)| (c.last_ts, *k)).collect();
+        if n < ages.len() {
+            ages.select_nth_unstable(n);
+        }
+        for (_, k) in ages.into_iter().take(n) {
+            self.remove(&k);
+            Stats::inc(&stats.conns_evicted);
         }
     }
 
@@ -318,20 +359,11 @@ impl ConnTable {
     /// Starts tracking; a previous connection on the same fd is closed first.
     pub fn open(&mut self, fd: u32, meta: ConnMeta, stats: &Stats, out: &mut Vec<Exchange>) {
         let key = (meta.tgid, fd);
-        if let Some(mut old) = self.conns.remove(&key) {
+        if let Some(mut old) = self.remove(&key) {
             old.on_close(old.last_ts, stats, out);
         }
         if self.conns.len() >= self.max_conns {
-            // Evict the connection idle the longest: O(n), only when full.
-            if let Some(victim) = self
-                .conns
-                .iter()
-                .min_by_key(|(_, c)| c.last_ts)
-                .map(|(k, _)| *k)
-            {
-                self.conns.remove(&victim);
-                Stats::inc(&stats.conns_evicted);
-            }
+            self.evict(stats);
         }
         Stats::inc(&stats.conns_opened);
         self.conns.insert(key, Conn::new(meta));
@@ -345,7 +377,19 @@ impl ConnTable {
         out: &mut Vec<Exchange>,
     ) {
         match self.conns.get_mut(&(hdr.tgid, hdr.fd)) {
-            Some(c) if c.meta.conn_id == hdr.conn_id => c.on_data(hdr, payload, stats, out),
+            Some(c) if c.meta.conn_id == hdr.conn_id => {
+                let before = c.buffered();
+                c.on_data(hdr, payload, stats, out);
+                let after = c.buffered();
+                self.buffered = (self.buffered + after).saturating_sub(before);
+                if self.buffered > self.budget && after > 0 {
+                    // Over budget: this connection's partial headers go.
+                    c.requests.lose_sync();
+                    c.responses.lose_sync();
+                    self.buffered = self.buffered.saturating_sub(after);
+                    Stats::inc(&stats.buffer_budget_drops);
+                }
+            }
             _ => Stats::inc(&stats.data_without_conn),
         }
     }
@@ -386,7 +430,7 @@ impl ConnTable {
             .copied()
             .collect();
         for k in &keys {
-            if let Some(mut c) = self.conns.remove(k) {
+            if let Some(mut c) = self.remove(k) {
                 c.on_close(ts, stats, out);
             }
         }
@@ -399,6 +443,7 @@ impl ConnTable {
             let ts = c.last_ts;
             c.on_close(ts, stats, out);
         }
+        self.buffered = 0;
     }
 }
 
@@ -559,6 +604,37 @@ mod tests {
                 .conns_evicted
                 .load(std::sync::atomic::Ordering::Relaxed),
             6
+        );
+    }
+
+    #[test]
+    fn partial_headers_are_bounded_across_connections() {
+        let stats = Stats::default();
+        let mut out = Vec::new();
+        let mut t = ConnTable::with_budget(100, 4096);
+        for fd in 0..10u32 {
+            let meta = ConnMeta::new(u64::from(fd), 1, Role::Server, None, None);
+            t.open(fd, meta, &stats, &mut out);
+            // A request head that never ends.
+            let payload = [b"GET / HTTP/1.1\r\nX-Slow: ".as_slice(), &[b'a'; 900]].concat();
+            let hdr = DataHeader {
+                kind: EVENT_DATA,
+                direction: DIR_INGRESS,
+                tgid: 1,
+                fd,
+                conn_id: u64::from(fd),
+                total_len: payload.len() as u32,
+                captured_len: payload.len() as u32,
+                ..Default::default()
+            };
+            t.on_data(&hdr, &payload, &stats, &mut out);
+            assert!(t.buffered <= 4096, "buffered {}", t.buffered);
+        }
+        assert!(
+            stats
+                .buffer_budget_drops
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
         );
     }
 }

@@ -36,6 +36,9 @@ counters! {
     seq_gaps,
     /// Parser errors (malformed or untrackable HTTP).
     parse_errors,
+    /// Partial headers discarded because all connections together held
+    /// more than the agent's buffer budget.
+    buffer_budget_drops,
     /// Requests dropped because too many were pending on one connection.
     pending_overflow,
     /// Responses with no request to pair with (joined mid-connection).

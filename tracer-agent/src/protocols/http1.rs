@@ -160,6 +160,11 @@ impl MessageReader {
         }
     }
 
+    /// Bytes held while waiting for the end of a header section.
+    pub fn buffered(&self) -> usize {
+        self.head_buf.capacity()
+    }
+
     /// Timestamp of the last byte seen.
     pub fn last_ts(&self) -> u64 {
         self.last_ts
