@@ -200,7 +200,13 @@ impl Agent {
 
     /// Stops the agent with SIGINT and returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        self.proc.stop(libc::SIGINT, Duration::from_secs(10))
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops the agent with `sig` (SIGKILL after 10 s) and returns its exit
+    /// status.
+    pub fn stop_with(&mut self, sig: i32) -> Option<std::process::ExitStatus> {
+        self.proc.stop(sig, Duration::from_secs(10))
     }
 }
 

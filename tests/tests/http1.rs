@@ -327,3 +327,51 @@ fn agent_refuses_bad_configuration_loudly() {
     assert!(err.contains("failed to create map `CONNS`"), "{err}");
     assert!(err.contains("Invalid argument"), "{err}");
 }
+
+/// Names of loaded BPF programs that belong to the tracer (bpftool).
+fn loaded_tracer_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.position(|x| x == "name")?;
+            w.next().map(str::to_owned)
+        })
+        .filter(|n| n.starts_with("tracer_"))
+        .collect()
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    if !require_root("sigterm_detaches_every_program") {
+        return;
+    }
+    let mut agent = Agent::start(&[]);
+    let loaded = loaded_tracer_programs();
+    // Other tests' agents are stopped before this one starts (the suite
+    // runs one test at a time), so every tracer program is this agent's.
+    for p in [
+        "tracer_sys_exit",
+        "tracer_enter_re",
+        "tracer_enter_cl",
+        "tracer_process_",
+    ] {
+        assert!(
+            loaded.iter().any(|n| n.starts_with(p)),
+            "{p} not loaded: {loaded:?}"
+        );
+    }
+    let st = agent.stop_with(libc::SIGTERM).expect("agent exit status");
+    assert!(st.success(), "agent exited with {st}: {}", agent.log());
+    assert!(agent.log().contains("summary:"), "{}", agent.log());
+    let left = loaded_tracer_programs();
+    assert!(
+        left.is_empty(),
+        "programs still loaded after exit: {left:?}"
+    );
+}

@@ -25,7 +25,9 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracer_common::{Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_COUNT, STAT_NAMES};
+use tracer_common::{
+    Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_COUNT, STAT_NAMES, STAT_RINGBUF_DROPS,
+};
 
 use crate::{cli::Args, pipeline::Pipeline, stats::Stats};
 
@@ -169,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
     // default 8 MiB ring absorbs ~4 GB/s before it could overflow.
     let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_drops = 0u64;
     tracing::info!(pid = std::process::id(), "tracer ready");
 
     loop {
@@ -176,13 +179,25 @@ async fn main() -> anyhow::Result<()> {
             _ = drain.tick() => drain_ring(&mut ring, &mut pipeline),
             _ = tick.tick() => {
                 pipeline.tick();
+                let kernel = kernel_stats(&kstats);
                 tracing::debug!(
                     conns = pipeline.conn_count(),
                     processes = pipeline.process_count(),
                     "agent: {} | kernel: {}",
                     format_counters(&stats.snapshot()),
-                    format_counters(&kernel_stats(&kstats)),
+                    format_counters(&kernel),
                 );
+                // Lost data is worth a warning (once per interval at most).
+                let drops = kernel.get(STAT_RINGBUF_DROPS as usize).map_or(0, |(_, v)| *v);
+                if drops > last_drops {
+                    tracing::warn!(
+                        "kernel ring buffer full: {} events dropped in the last {}s \
+                         (raise --ring-buffer-bytes or lower --max-capture-bytes)",
+                        drops - last_drops,
+                        args.stats_interval
+                    );
+                    last_drops = drops;
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
