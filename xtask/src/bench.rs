@@ -31,7 +31,7 @@ use crate::{tasks, util::is_root};
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Seconds per measured phase.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     duration: u64,
     /// Offered rate of the fixed-rate phase, requests per second.
     #[arg(long, default_value_t = 10_000)]
@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// Keep-alive connections of the fixed-rate load generator.
     #[arg(long, default_value_t = 20)]
     connections: u64,
+    /// Run the agent under `nice -n N` (0: same priority as the workload).
+    #[arg(long, default_value_t = 0)]
+    agent_nice: i32,
+    /// Off/on rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Where to write the report (markdown) besides stdout.
     #[arg(long, default_value = "target/bench-report.md")]
     report: String,
@@ -54,6 +60,7 @@ impl Drop for Guard {
     }
 }
 
+#[derive(Clone)]
 struct LoadResult {
     completed: u64,
     errors: u64,
@@ -260,8 +267,11 @@ struct AgentRun {
     log: Arc<Mutex<String>>,
 }
 
-fn start_agent(bin: &Path) -> anyhow::Result<AgentRun> {
-    let mut child = Command::new(bin)
+fn start_agent(bin: &Path, nice: i32) -> anyhow::Result<AgentRun> {
+    let mut child = Command::new("nice")
+        .arg("-n")
+        .arg(nice.to_string())
+        .arg(bin)
         .args(["--output", "text", "--log-level", "info"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -322,6 +332,109 @@ fn sysctl_bpf_stats(on: bool) -> Option<String> {
     Some(old.trim().to_owned())
 }
 
+/// What one tracer-on phase measured.
+struct OnPhase {
+    load: LoadResult,
+    sat_rps: f64,
+    cpu_fixed: f64,
+    cpu_sat: f64,
+    rss_kib: u64,
+    server_spans: u64,
+    client_spans: u64,
+    /// (program, runs, run time ns) during the fixed-rate load.
+    bpf: Vec<(String, u64, u64)>,
+    ringbuf_drops: u64,
+    spans_dropped: u64,
+}
+
+fn summary_counter(summary: &str, name: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn on_phase(
+    bin: &Path,
+    port: u16,
+    a: &BenchArgs,
+    dur: Duration,
+    tck: f64,
+) -> anyhow::Result<OnPhase> {
+    let agent = start_agent(bin, a.agent_nice)?;
+    let apid = agent.child.0.id();
+    let (t0, _) = proc_usage(apid);
+    let w0 = Instant::now();
+    let bpf0 = bpf_prog_stats();
+    let load = fixed_rate(port, a.rate, a.connections, dur);
+    let bpf1 = bpf_prog_stats();
+    let (t1, _) = proc_usage(apid);
+    let cpu_fixed = (t1 - t0) as f64 / tck / w0.elapsed().as_secs_f64();
+    // Let the agent drain what is queued before counting.
+    thread::sleep(Duration::from_millis(500));
+    let server_spans = agent.server_spans.load(Ordering::Relaxed);
+    let client_spans = agent.client_spans.load(Ordering::Relaxed);
+    let (s0, _) = proc_usage(apid);
+    let ws = Instant::now();
+    let sat_rps = saturate(port, dur)?;
+    let (s1, rss_kib) = proc_usage(apid);
+    let cpu_sat = (s1 - s0) as f64 / tck / ws.elapsed().as_secs_f64();
+    // SIGINT: the agent prints its counter summary on the way out.
+    let _ = Command::new("kill")
+        .args(["-INT", &apid.to_string()])
+        .status();
+    let mut child = agent.child;
+    let _ = child.0.wait();
+    thread::sleep(Duration::from_millis(200));
+    let log = agent.log.lock().map(|l| l.clone()).unwrap_or_default();
+    let summary = log.lines().find(|l| l.contains("summary:")).unwrap_or("");
+    let bpf = bpf1
+        .iter()
+        .map(|(name, rc1, rt1)| {
+            let (rc0, rt0) = bpf0
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, c, t)| (*c, *t))
+                .unwrap_or((0, 0));
+            (
+                name.clone(),
+                rc1.saturating_sub(rc0),
+                rt1.saturating_sub(rt0),
+            )
+        })
+        .collect();
+    Ok(OnPhase {
+        load,
+        sat_rps,
+        cpu_fixed,
+        cpu_sat,
+        rss_kib,
+        server_spans,
+        client_spans,
+        bpf,
+        ringbuf_drops: summary_counter(summary, "ringbuf_drops"),
+        spans_dropped: summary_counter(summary, "spans_dropped"),
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn list(v: &[f64], prec: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.prec$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark loads BPF programs: run it as root");
@@ -333,183 +446,160 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
     let _nginx = start_nginx(&dir, port)?;
     let tck = clk_tck();
+    let old_stats = sysctl_bpf_stats(true);
 
     eprintln!("warm-up (2s)...");
     fixed_rate(port, a.rate, a.connections, Duration::from_secs(2));
-
-    eprintln!(
-        "tracer OFF: fixed rate {} req/s for {}s...",
-        a.rate, a.duration
-    );
-    let off = fixed_rate(port, a.rate, a.connections, dur);
-    eprintln!("tracer OFF: saturation (wrk) for {}s...", a.duration);
-    let off_sat = saturate(port, dur)?;
-
-    let old_stats = sysctl_bpf_stats(true);
-    let agent = start_agent(&bin)?;
-    let apid = agent.child.0.id();
-    let (t0, _) = proc_usage(apid);
-    let w0 = Instant::now();
-    let bpf0 = bpf_prog_stats();
-    eprintln!(
-        "tracer ON: fixed rate {} req/s for {}s...",
-        a.rate, a.duration
-    );
-    let on = fixed_rate(port, a.rate, a.connections, dur);
-    let bpf1 = bpf_prog_stats();
-    let (t1, _) = proc_usage(apid);
-    let fixed_wall = w0.elapsed().as_secs_f64();
-    // Let the agent drain what is queued before counting.
-    thread::sleep(Duration::from_millis(1000));
-    let server_spans = agent.server_spans.load(Ordering::Relaxed);
-    let client_spans = agent.client_spans.load(Ordering::Relaxed);
-    eprintln!("tracer ON: saturation (wrk) for {}s...", a.duration);
-    let (s0, _) = proc_usage(apid);
-    let ws = Instant::now();
-    let on_sat = saturate(port, dur)?;
-    let (s1, rss_kib) = proc_usage(apid);
-    let sat_wall = ws.elapsed().as_secs_f64();
-    // SIGINT: the agent prints its counter summary on the way out.
-    // SAFETY: kill(2) on our own child.
-    unsafe_kill(apid);
-    let mut child = agent.child;
-    let _ = child.0.wait();
-    thread::sleep(Duration::from_millis(200));
-    let log = agent.log.lock().map(|l| l.clone()).unwrap_or_default();
+    // Off and on alternate, so drift on a shared machine hits both alike;
+    // medians over the rounds are reported.
+    let mut off = Vec::new();
+    let mut off_sat = Vec::new();
+    let mut on = Vec::new();
+    for round in 1..=a.rounds {
+        eprintln!("round {round}/{}: tracer OFF", a.rounds);
+        off.push(fixed_rate(port, a.rate, a.connections, dur));
+        off_sat.push(saturate(port, dur)?);
+        eprintln!("round {round}/{}: tracer ON", a.rounds);
+        on.push(on_phase(&bin, port, a, dur, tck)?);
+    }
     if let Some(old) = old_stats {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let summary = log
-        .lines()
-        .find(|l| l.contains("summary:"))
-        .unwrap_or("")
-        .to_owned();
-    let counter = |name: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let f = |v: &[LoadResult], g: fn(&LoadResult) -> f64| v.iter().map(g).collect::<Vec<_>>();
+    let on_loads: Vec<LoadResult> = on.iter().map(|p| p.load.clone()).collect();
+    let (off_p50, on_p50) = (f(&off, |l| l.p50_us), f(&on_loads, |l| l.p50_us));
+    let (off_p99, on_p99) = (f(&off, |l| l.p99_us), f(&on_loads, |l| l.p99_us));
+    let (off_rps, on_rps) = (
+        f(&off, |l| l.achieved_rps),
+        f(&on_loads, |l| l.achieved_rps),
+    );
+    let on_sat: Vec<f64> = on.iter().map(|p| p.sat_rps).collect();
+    let sat_ratio: Vec<f64> = on_sat.iter().zip(&off_sat).map(|(n, f)| n / f).collect();
+    let cpu_fixed: Vec<f64> = on.iter().map(|p| p.cpu_fixed).collect();
+    let cpu_sat: Vec<f64> = on.iter().map(|p| p.cpu_sat).collect();
+    let rss = on.iter().map(|p| p.rss_kib).max().unwrap_or(0);
+    let completed: u64 = on.iter().map(|p| p.load.completed).sum();
+    let server_spans: u64 = on.iter().map(|p| p.server_spans).sum();
+    let client_spans: u64 = on.iter().map(|p| p.client_spans).sum();
+    let errors: u64 =
+        on.iter().map(|p| p.load.errors).sum::<u64>() + off.iter().map(|l| l.errors).sum::<u64>();
 
     let mut r = String::new();
+    let cores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let _ = writeln!(r, "## tracer benchmark\n\nnginx (1 worker) on 127.0.0.1, {cores} cores shared by nginx, the load generator and the agent (nice {}); {} rounds of {} s per phase, tracer off then on in each round; medians (per-round values in brackets).\n", a.agent_nice, a.rounds, a.duration);
     let _ = writeln!(
         r,
-        "## tracer benchmark ({} s per phase, nginx on 127.0.0.1, {} cores)\n",
-        a.duration,
-        thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    let _ = writeln!(
-        r,
-        "| fixed rate {} req/s ({} keep-alive conns) | off | on | on/off |",
+        "| fixed rate {} req/s, {} keep-alive conns | off | on | on − off |",
         a.rate, a.connections
     );
     let _ = writeln!(r, "|---|---|---|---|");
     let _ = writeln!(
         r,
-        "| achieved req/s | {:.0} | {:.0} | {:.3} |",
-        off.achieved_rps,
-        on.achieved_rps,
-        on.achieved_rps / off.achieved_rps
+        "| achieved req/s | {:.0} | {:.0} | |",
+        median(&off_rps),
+        median(&on_rps)
     );
     let _ = writeln!(
         r,
-        "| p50 latency µs | {:.1} | {:.1} | +{:.1} µs |",
-        off.p50_us,
-        on.p50_us,
-        on.p50_us - off.p50_us
+        "| p50 latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
+        median(&off_p50),
+        list(&off_p50, 1),
+        median(&on_p50),
+        list(&on_p50, 1),
+        median(&on_p50) - median(&off_p50)
     );
     let _ = writeln!(
         r,
-        "| p99 latency µs | {:.1} | {:.1} | +{:.1} µs |",
-        off.p99_us,
-        on.p99_us,
-        on.p99_us - off.p99_us
+        "| p99 latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
+        median(&off_p99),
+        list(&off_p99, 1),
+        median(&on_p99),
+        list(&on_p99, 1),
+        median(&on_p99) - median(&off_p99)
     );
-    let _ = writeln!(r, "| errors | {} | {} | |", off.errors, on.errors);
+    let _ = writeln!(r, "| request errors (all phases) | | | {errors} |");
     let _ = writeln!(r);
-    let _ = writeln!(r, "| capture (fixed-rate phase) | value |");
+    let _ = writeln!(r, "| capture at the fixed rate (all rounds) | value |");
     let _ = writeln!(r, "|---|---|");
-    let _ = writeln!(r, "| requests completed | {} |", on.completed);
     let _ = writeln!(
         r,
-        "| SERVER spans (nginx) / requests | {} / {} = {:.2}% |",
-        server_spans,
-        on.completed,
-        100.0 * server_spans as f64 / on.completed.max(1) as f64
+        "| SERVER spans (nginx) / requests completed | {server_spans} / {completed} = {:.2}% |",
+        100.0 * server_spans as f64 / completed.max(1) as f64
     );
+    let _ = writeln!(r, "| CLIENT spans (load generator) / requests completed | {client_spans} / {completed} = {:.2}% |", 100.0 * client_spans as f64 / completed.max(1) as f64);
     let _ = writeln!(
         r,
-        "| CLIENT spans (load generator) / requests | {} / {} = {:.2}% |",
-        client_spans,
-        on.completed,
-        100.0 * client_spans as f64 / on.completed.max(1) as f64
-    );
-    let _ = writeln!(
-        r,
-        "| agent CPU, cores | {:.3} |",
-        (t1 - t0) as f64 / tck / fixed_wall
+        "| agent CPU, cores | {:.3} [{}] |",
+        median(&cpu_fixed),
+        list(&cpu_fixed, 3)
     );
     let _ = writeln!(
         r,
         "| ring-buffer drops (whole run) | {} |",
-        counter("ringbuf_drops")
+        on.iter().map(|p| p.ringbuf_drops).sum::<u64>()
     );
     let _ = writeln!(
         r,
-        "| spans dropped by agent (whole run) | {} |",
-        counter("spans_dropped")
+        "| spans dropped by the agent (whole run) | {} |",
+        on.iter().map(|p| p.spans_dropped).sum::<u64>()
     );
+    let _ = writeln!(r, "| agent peak RSS, MiB | {:.1} |", rss as f64 / 1024.0);
     let _ = writeln!(r);
-    let _ = writeln!(r, "| saturation (wrk -t2 -c50) | off | on | on/off |");
+    let _ = writeln!(r, "| saturation, wrk -t2 -c50 | off | on | on/off |");
     let _ = writeln!(r, "|---|---|---|---|");
     let _ = writeln!(
         r,
-        "| req/s | {:.0} | {:.0} | {:.3} |",
-        off_sat,
-        on_sat,
-        on_sat / off_sat
+        "| req/s | {:.0} [{}] | {:.0} [{}] | {:.3} [{}] |",
+        median(&off_sat),
+        list(&off_sat, 0),
+        median(&on_sat),
+        list(&on_sat, 0),
+        median(&sat_ratio),
+        list(&sat_ratio, 3)
     );
     let _ = writeln!(
         r,
-        "| agent CPU, cores | | {:.3} | |",
-        (s1 - s0) as f64 / tck / sat_wall
-    );
-    let _ = writeln!(
-        r,
-        "| agent peak RSS, MiB (whole run) | | {:.1} | |",
-        rss_kib as f64 / 1024.0
+        "| agent CPU, cores | | {:.3} [{}] | |",
+        median(&cpu_sat),
+        list(&cpu_sat, 3)
     );
     let _ = writeln!(r);
-    let _ = writeln!(r, "| BPF program (fixed-rate phase) | runs | mean ns/run |");
+    let _ = writeln!(
+        r,
+        "| BPF program (fixed-rate phases) | runs | mean ns/run |"
+    );
     let _ = writeln!(r, "|---|---|---|");
-    let mut total_rt = 0u64;
-    let mut total_rc = 0u64;
-    for (name, rc1, rt1) in &bpf1 {
-        let (rc0, rt0) = bpf0
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, c, t)| (*c, *t))
-            .unwrap_or((0, 0));
-        let (rc, rt) = (rc1.saturating_sub(rc0), rt1.saturating_sub(rt0));
-        total_rt += rt;
-        total_rc += rc;
-        if rc > 0 {
-            let _ = writeln!(r, "| {name} | {rc} | {:.0} |", rt as f64 / rc as f64);
+    let mut totals: Vec<(String, u64, u64)> = Vec::new();
+    for p in &on {
+        for (name, rc, rt) in &p.bpf {
+            match totals.iter_mut().find(|(n, _, _)| n == name) {
+                Some(t) => {
+                    t.1 += rc;
+                    t.2 += rt;
+                }
+                None => totals.push((name.clone(), *rc, *rt)),
+            }
         }
     }
-    if total_rc > 0 {
+    let (mut all_rc, mut all_rt) = (0u64, 0u64);
+    for (name, rc, rt) in &totals {
+        all_rc += rc;
+        all_rt += rt;
+        if *rc > 0 {
+            let _ = writeln!(r, "| {name} | {rc} | {:.0} |", *rt as f64 / *rc as f64);
+        }
+    }
+    if all_rc > 0 {
         let _ = writeln!(
             r,
-            "| all programs | {total_rc} | {:.0} |",
-            total_rt as f64 / total_rc as f64
+            "| all programs | {all_rc} | {:.0} |",
+            all_rt as f64 / all_rc as f64
         );
     }
-    let _ = writeln!(r, "\nagent {summary}");
     println!("{r}");
     let report = crate::util::root().join(&a.report);
     if let Some(parent) = report.parent() {
@@ -518,10 +608,4 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&report, &r).with_context(|| format!("writing {}", report.display()))?;
     eprintln!("report written to {}", report.display());
     Ok(())
-}
-
-fn unsafe_kill(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status();
 }
