@@ -30,6 +30,23 @@ pub const MAX_CLASSIFY_ATTEMPTS: u8 = 8;
 pub const FAMILY_INET: u8 = 2;
 pub const FAMILY_INET6: u8 = 10;
 
+/// Request-line prefixes (method and space) that start an HTTP/1 request.
+/// The kernel classifies with them and the agent resynchronises with them,
+/// so both agree on what a message start looks like.
+pub const HTTP1_METHOD_PREFIXES: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"PATCH ",
+    b"OPTIONS ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+/// Status-line prefix of an HTTP/1 response.
+pub const HTTP1_RESPONSE_PREFIX: &[u8] = b"HTTP/1.";
+
 /// Key of [`crate::MAP_CONNS`]: the tgid in the high half, the fd in the low.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {

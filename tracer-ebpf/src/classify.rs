@@ -3,7 +3,7 @@
 //! This is what keeps overhead low: a connection that is clearly not HTTP
 //! stops being copied after its first payload. Only the method token (or the
 //! status-line / HTTP/2 preface prefix) is checked; the agent parses for real.
-use tracer_common::{PROTO_HTTP1, PROTO_HTTP2};
+use tracer_common::{HTTP1_METHOD_PREFIXES, HTTP1_RESPONSE_PREFIX, PROTO_HTTP1, PROTO_HTTP2};
 
 /// What the first bytes looked like.
 pub struct Class {
@@ -27,18 +27,7 @@ fn starts_with(b: &[u8; 8], pat: &[u8]) -> bool {
 /// Classifies the first 8 bytes of a payload.
 #[inline(always)]
 pub fn classify(b: &[u8; 8]) -> Option<Class> {
-    const METHODS: [&[u8]; 9] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"HEAD ",
-        b"DELETE ",
-        b"PATCH ",
-        b"OPTIONS ",
-        b"CONNECT ",
-        b"TRACE ",
-    ];
-    if starts_with(b, b"HTTP/1.") {
+    if starts_with(b, HTTP1_RESPONSE_PREFIX) {
         return Some(Class {
             proto: PROTO_HTTP1,
             is_request: false,
@@ -51,8 +40,8 @@ pub fn classify(b: &[u8; 8]) -> Option<Class> {
         });
     }
     let mut i = 0;
-    while i < METHODS.len() {
-        if starts_with(b, METHODS[i]) {
+    while i < HTTP1_METHOD_PREFIXES.len() {
+        if starts_with(b, HTTP1_METHOD_PREFIXES[i]) {
             return Some(Class {
                 proto: PROTO_HTTP1,
                 is_request: true,

@@ -9,6 +9,7 @@
 //! a plausible message; it never guesses a message boundary inside a chunk.
 
 use thiserror::Error;
+use tracer_common::{HTTP1_METHOD_PREFIXES, HTTP1_RESPONSE_PREFIX};
 
 /// Largest header section kept while waiting for its end.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -453,23 +454,11 @@ fn step_chunk(chunk: &mut Chunk, input: &mut &[u8]) -> Result<bool, ParseError> 
     Ok(false)
 }
 
-const METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"HEAD ",
-    b"DELETE ",
-    b"PATCH ",
-    b"OPTIONS ",
-    b"CONNECT ",
-    b"TRACE ",
-];
-
 /// Whether `data` plausibly starts a message of `kind`.
 pub fn looks_like_start(kind: Kind, data: &[u8]) -> bool {
     match kind {
-        Kind::Request => METHODS.iter().any(|m| data.starts_with(m)),
-        Kind::Response => data.starts_with(b"HTTP/1."),
+        Kind::Request => HTTP1_METHOD_PREFIXES.iter().any(|m| data.starts_with(m)),
+        Kind::Response => data.starts_with(HTTP1_RESPONSE_PREFIX),
     }
 }
 
