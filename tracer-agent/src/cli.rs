@@ -72,6 +72,72 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, env = "TRACER_SPAN_QUEUE")]
     pub span_queue: usize,
 
+    /// Service name overrides: NAME=EXE or NAME=pid:PID (repeatable). By
+    /// default a process's own OTEL_SERVICE_NAME, else its executable name.
+    /// Example: --service-name checkout=pid:4242 --service-name web=nginx
+    #[arg(long = "service-name", value_name = "NAME=EXE|NAME=pid:PID")]
+    pub service_names: Vec<String>,
+
+    /// OTLP endpoint; enables OTLP export. Falls back to
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT.
+    /// Example: --otlp-endpoint http://127.0.0.1:4317
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc (port 4317) or http/protobuf (port 4318, path
+    /// /v1/traces). Falls back to OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL; default grpc.
+    /// Example: --otlp-protocol http/protobuf
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Extra OTLP request header (repeatable); adds to OTEL_EXPORTER_OTLP_[TRACES_]HEADERS.
+    /// Example: --otlp-header authorization=Bearer%20token
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
+    pub otlp_headers: Vec<String>,
+
+    /// Timeout of one OTLP export request. Falls back to
+    /// OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT (ms); default 10s. Example: --otlp-timeout 5s
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_timeout: Option<String>,
+
+    /// OTLP compression: gzip or none. Falls back to
+    /// OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION. Example: --otlp-compression gzip
+    #[arg(long, value_name = "gzip|none")]
+    pub otlp_compression: Option<String>,
+
+    /// PEM CA bundle to verify the collector (gRPC over TLS). Falls back to
+    /// OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE. Example: --otlp-ca-file /etc/ssl/collector-ca.pem
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with --otlp-client-key).
+    /// Example: --otlp-client-cert /etc/tracer/client.pem
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_cert: Option<std::path::PathBuf>,
+
+    /// PEM client key for mutual TLS. Example: --otlp-client-key /etc/tracer/client.key
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<std::path::PathBuf>,
+
+    /// Use plaintext for an endpoint given without a scheme (otherwise
+    /// https). Falls back to OTEL_EXPORTER_OTLP_[TRACES_]INSECURE.
+    /// Example: --otlp-insecure
+    #[arg(long)]
+    pub otlp_insecure: bool,
+
+    /// Spans per OTLP export request. Example: --otlp-batch-size 512
+    #[arg(long, default_value_t = 512)]
+    pub otlp_batch_size: usize,
+
+    /// Longest a span waits before its batch is sent. Example: --otlp-batch-timeout 5s
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub otlp_batch_timeout: String,
+
+    /// Spans queued for OTLP export; beyond this new spans are dropped and
+    /// counted (tracing never waits for the collector). Example: --otlp-queue-size 2048
+    #[arg(long, default_value_t = 2048)]
+    pub otlp_queue_size: usize,
+
     /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
     #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]
     pub stats_interval: u64,

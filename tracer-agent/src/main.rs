@@ -5,6 +5,7 @@ mod cli;
 mod clock;
 mod conntrack;
 mod events;
+mod export;
 mod output;
 mod pipeline;
 mod probes;
@@ -15,7 +16,10 @@ mod sockets;
 mod spans;
 mod stats;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{atomic::AtomicUsize, Arc},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
@@ -77,6 +81,10 @@ fn format_counters(c: &[(&str, u64)]) -> String {
         .join(" ")
 }
 
+/// Longest the agent waits at shutdown for queued spans to be written and
+/// exported.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 /// How often the ring buffer is drained without a kernel wakeup.
 const DRAIN_INTERVAL_MS: u64 = 2;
 
@@ -91,6 +99,11 @@ fn drain_ring(ring: &mut RingBuf<aya::maps::MapData>, pipeline: &mut Pipeline) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_level);
+    // Configuration errors are reported before anything is loaded.
+    let otlp_cfg =
+        export::config::resolve(&args, |k| std::env::var(k).ok()).context("OTLP configuration")?;
+    let service_names =
+        procinfo::ServiceNames::parse(&args.service_names).map_err(|e| anyhow::anyhow!(e))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         tracing::warn!("not running as root: loading BPF programs will likely fail");
@@ -145,9 +158,41 @@ async fn main() -> anyhow::Result<()> {
         .context("map STATS")?;
 
     let stats = Arc::new(Stats::default());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let writer = tokio::spawn(output::run(rx, queued.clone(), args.output));
+    let mut sinks = Vec::new();
+    let writer = if args.output == output::Format::None {
+        None
+    } else {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        sinks.push(pipeline::Sink {
+            tx,
+            queued: queued.clone(),
+            capacity: args.span_queue.max(1),
+            dropped: pipeline::DropCounter::Output,
+        });
+        Some(tokio::spawn(output::run(rx, queued, args.output)))
+    };
+    let otlp_queued = Arc::new(AtomicUsize::new(0));
+    let exporter = match otlp_cfg {
+        Some(cfg) => {
+            tracing::info!(
+                endpoint = %cfg.endpoint,
+                protocol = ?cfg.protocol,
+                "exporting spans over OTLP"
+            );
+            let (tx, rx) = mpsc::unbounded_channel();
+            sinks.push(pipeline::Sink {
+                tx,
+                queued: otlp_queued.clone(),
+                capacity: cfg.queue_size,
+                dropped: pipeline::DropCounter::Otlp,
+            });
+            let exp = export::otlp::Exporter::new(cfg, otlp_queued.clone(), stats.clone())
+                .context("setting up OTLP export")?;
+            Some(tokio::spawn(exp.run(rx, SHUTDOWN_FLUSH)))
+        }
+        None => None,
+    };
     let mut pipeline = Pipeline::new(
         args.max_connections as usize,
         pipeline::Filters {
@@ -156,11 +201,8 @@ async fn main() -> anyhow::Result<()> {
         },
         kernel_conns,
         stats.clone(),
-        pipeline::SpanQueue {
-            tx,
-            queued,
-            capacity: args.span_queue.max(1),
-        },
+        sinks,
+        procinfo::ProcessCache::new(service_names),
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -183,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::debug!(
                     conns = pipeline.conn_count(),
                     processes = pipeline.process_count(),
+                    otlp_queue = export::otlp::queue_depth(&otlp_queued),
                     "agent: {} | kernel: {}",
                     format_counters(&stats.snapshot()),
                     format_counters(&kernel),
@@ -211,11 +254,15 @@ async fn main() -> anyhow::Result<()> {
     let kernel_summary = format_counters(&kernel_stats(&kstats));
     drop(pipeline);
     drop(ebpf);
-    if tokio::time::timeout(Duration::from_secs(5), writer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("span output did not finish within 5s");
+    // Both consumers end once their channel is drained; the exporter
+    // bounds its own flush by SHUTDOWN_FLUSH.
+    for task in [writer, exporter].into_iter().flatten() {
+        if tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(1), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("span output did not finish in time");
+        }
     }
     tracing::info!(
         "summary: agent: {} | kernel: {}",

@@ -119,7 +119,7 @@ pub fn write_text(out: &mut impl Write, s: &Span) -> std::io::Result<()> {
 /// Writes batches of spans until the channel closes, flushing after each
 /// batch so lines appear promptly without a syscall per span.
 pub async fn run(
-    mut rx: mpsc::UnboundedReceiver<Vec<Span>>,
+    mut rx: mpsc::UnboundedReceiver<Arc<Vec<Span>>>,
     queued: Arc<AtomicUsize>,
     format: Format,
 ) {
@@ -128,7 +128,7 @@ pub async fn run(
     while let Some(batch) = rx.recv().await {
         let n = batch.len();
         if !broken && format != Format::None {
-            for s in &batch {
+            for s in batch.iter() {
                 let r = match format {
                     Format::Text => write_text(&mut out, s),
                     Format::Json => writeln!(out, "{}", to_json(s)),

@@ -26,14 +26,30 @@ use crate::{
     stats::Stats,
 };
 
-/// The bounded hand-off to the output task: batches travel over an
-/// unbounded channel, but the number of spans in flight is capped by
-/// `capacity` through `queued` (the writer decrements it), so memory is
-/// bounded and the event path never waits.
-pub struct SpanQueue {
-    pub tx: mpsc::UnboundedSender<Vec<Span>>,
+/// A bounded hand-off to one consumer (local output, OTLP export):
+/// batches travel over an unbounded channel, but the number of spans in
+/// flight is capped by `capacity` through `queued` (the consumer decrements
+/// it when done with a span), so memory is bounded and the event path
+/// never waits. Spans beyond the cap are dropped and counted.
+pub struct Sink {
+    pub tx: mpsc::UnboundedSender<Arc<Vec<Span>>>,
     pub queued: Arc<AtomicUsize>,
     pub capacity: usize,
+    pub dropped: DropCounter,
+}
+
+/// Which counter a sink's drops go to.
+#[derive(Debug, Clone, Copy)]
+pub enum DropCounter {
+    Output,
+    Otlp,
+}
+
+impl Sink {
+    fn room(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.queued.load(Ordering::Relaxed))
+    }
 }
 
 /// Which connections the user asked for (empty = all).
@@ -51,8 +67,8 @@ pub struct Pipeline {
     builder: SpanBuilder,
     clock: Clock,
     stats: Arc<Stats>,
-    out: SpanQueue,
-    /// Spans built since the last flush, sent to the writer as one batch.
+    sinks: Vec<Sink>,
+    /// Spans built since the last flush, sent to the sinks as one batch.
     batch: Vec<Span>,
     /// Reused buffer of exchanges completed by the current record.
     done: Vec<Exchange>,
@@ -66,17 +82,18 @@ impl Pipeline {
         filters: Filters,
         kernel_conns: BpfHashMap<MapData, u64, ConnState>,
         stats: Arc<Stats>,
-        out: SpanQueue,
+        sinks: Vec<Sink>,
+        procs: ProcessCache,
     ) -> Self {
         Self {
             conns: ConnTable::new(max_conns),
-            procs: ProcessCache::default(),
+            procs,
             filters,
             kernel_conns,
             builder: SpanBuilder::new(),
             clock: Clock::new(),
             stats,
-            out,
+            sinks,
             batch: Vec::new(),
             done: Vec::new(),
             warned_decode: false,
@@ -196,11 +213,11 @@ impl Pipeline {
         }
         for ex in std::mem::take(&mut self.done) {
             let process = self.procs.get_or_read(ex.tgid, "");
-            if self.out.queued.load(Ordering::Relaxed) + self.batch.len() >= self.out.capacity {
-                Stats::inc(&self.stats.spans_dropped);
-                if !self.warned_queue {
-                    self.warned_queue = true;
-                    tracing::warn!("span output queue full: dropping spans (counted)");
+            let n = self.batch.len();
+            if self.sinks.iter().all(|s| s.room() <= n) {
+                // Nobody could take it: don't even build it.
+                for sink in &self.sinks {
+                    self.count_drops(sink.dropped, 1);
                 }
                 continue;
             }
@@ -209,16 +226,42 @@ impl Pipeline {
         }
     }
 
-    /// Hands the spans built so far to the writer (one wakeup per batch).
+    fn count_drops(&self, which: DropCounter, n: u64) {
+        let c = match which {
+            DropCounter::Output => &self.stats.spans_dropped,
+            DropCounter::Otlp => &self.stats.otlp_dropped,
+        };
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Hands the spans built so far to every sink (one wakeup per batch).
     pub fn flush(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        self.out.queued.fetch_add(batch.len(), Ordering::Relaxed);
-        if let Err(e) = self.out.tx.send(batch) {
-            // The writer is gone (shutdown): nothing to deliver to.
-            self.out.queued.fetch_sub(e.0.len(), Ordering::Relaxed);
+        let batch = Arc::new(std::mem::take(&mut self.batch));
+        let n = batch.len();
+        for i in 0..self.sinks.len() {
+            let room = self.sinks[i].room();
+            let part = if room >= n {
+                batch.clone()
+            } else {
+                self.count_drops(self.sinks[i].dropped, (n - room) as u64);
+                if !self.warned_queue {
+                    self.warned_queue = true;
+                    tracing::warn!("span queue full: dropping spans (counted)");
+                }
+                if room == 0 {
+                    continue;
+                }
+                Arc::new(batch[..room].to_vec())
+            };
+            let sink = &self.sinks[i];
+            sink.queued.fetch_add(part.len(), Ordering::Relaxed);
+            if let Err(e) = sink.tx.send(part) {
+                // The consumer is gone (shutdown): nothing to deliver to.
+                sink.queued.fetch_sub(e.0.len(), Ordering::Relaxed);
+            }
         }
     }
 

@@ -17,14 +17,68 @@ pub struct Process {
     /// Base name of /proc/PID/exe (falls back to `comm`).
     pub exe_name: String,
     pub exe_path: Option<PathBuf>,
-    /// `OTEL_SERVICE_NAME` of the process if set, else the executable name.
+    /// `--service-name` override, else `OTEL_SERVICE_NAME` of the process,
+    /// else the executable name.
     pub service_name: String,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22), so a
+    /// reused pid is told apart.
+    pub start_ticks: u64,
+    /// Container id from /proc/PID/cgroup, when in a container.
+    pub container_id: Option<String>,
+}
+
+/// `--service-name` rules: `NAME=pid:PID` or `NAME=EXE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceNames {
+    by_pid: Vec<(u32, String)>,
+    by_exe: Vec<(String, String)>,
+}
+
+impl ServiceNames {
+    pub fn parse(rules: &[String]) -> Result<Self, String> {
+        let mut s = Self::default();
+        for r in rules {
+            let (name, target) = r
+                .split_once('=')
+                .filter(|(n, t)| !n.is_empty() && !t.is_empty())
+                .ok_or_else(|| {
+                    format!("--service-name {r:?}: expected NAME=EXE or NAME=pid:PID")
+                })?;
+            match target.strip_prefix("pid:") {
+                Some(pid) => s.by_pid.push((
+                    pid.parse()
+                        .map_err(|_| format!("--service-name {r:?}: bad pid"))?,
+                    name.to_owned(),
+                )),
+                None => s.by_exe.push((target.to_owned(), name.to_owned())),
+            }
+        }
+        Ok(s)
+    }
+
+    fn lookup(&self, pid: u32, exe: &str, comm: &str) -> Option<String> {
+        self.by_pid
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, n)| n.clone())
+            .or_else(|| {
+                self.by_exe
+                    .iter()
+                    .find(|(e, _)| e == exe || e == comm)
+                    .map(|(_, n)| n.clone())
+            })
+    }
 }
 
 impl Process {
     /// Reads /proc for `pid`; a process that is already gone still yields
     /// an entry built from the kernel-reported `comm`.
+    #[cfg(test)]
     pub fn read(pid: u32, comm: &str) -> Self {
+        Self::read_with(pid, comm, &ServiceNames::default())
+    }
+
+    pub fn read_with(pid: u32, comm: &str, names: &ServiceNames) -> Self {
         let exe_path = fs::read_link(format!("/proc/{pid}/exe")).ok();
         let exe_name = exe_path
             .as_ref()
@@ -36,15 +90,29 @@ impl Process {
             })
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| comm.to_owned());
-        let service_name = env_var(pid, "OTEL_SERVICE_NAME")
-            .filter(|s| !s.is_empty())
+        let service_name = names
+            .lookup(pid, &exe_name, comm)
+            .or_else(|| env_var(pid, "OTEL_SERVICE_NAME").filter(|s| !s.is_empty()))
             .unwrap_or_else(|| exe_name.clone());
+        let start_ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                // Fields after "(comm)": state is field 3, starttime 22.
+                let after = s.rsplit_once(')')?.1;
+                after.split_whitespace().nth(19)?.parse().ok()
+            })
+            .unwrap_or(0);
+        let container_id = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| crate::export::resource::container_id_from_cgroup(&t));
         Self {
             pid,
             comm: comm.to_owned(),
             exe_name,
             exe_path,
             service_name,
+            start_ticks,
+            container_id,
         }
     }
 }
@@ -69,10 +137,18 @@ pub fn comm_str(raw: &[u8; 16]) -> String {
 #[derive(Default)]
 pub struct ProcessCache {
     procs: HashMap<u32, Arc<Process>>,
+    names: ServiceNames,
     pub evictions: u64,
 }
 
 impl ProcessCache {
+    pub fn new(names: ServiceNames) -> Self {
+        Self {
+            names,
+            ..Self::default()
+        }
+    }
+
     pub fn get_or_read(&mut self, pid: u32, comm: &str) -> Arc<Process> {
         if let Some(p) = self.procs.get(&pid) {
             return p.clone();
@@ -81,7 +157,7 @@ impl ProcessCache {
             self.procs.clear();
             self.evictions += 1;
         }
-        let p = Arc::new(Process::read(pid, comm));
+        let p = Arc::new(Process::read_with(pid, comm, &self.names));
         self.procs.insert(pid, p.clone());
         p
     }
@@ -107,6 +183,25 @@ mod tests {
         assert!(p.exe_path.is_some());
         assert!(!p.exe_name.is_empty());
         assert_eq!(comm_str(b"nginx\0\0\0\0\0\0\0\0\0\0\0"), "nginx");
+    }
+
+    #[test]
+    fn service_name_rules() {
+        let n = ServiceNames::parse(&["checkout=pid:42".into(), "web=nginx".into()])
+            .expect("valid rules");
+        assert_eq!(n.lookup(42, "x", "x").as_deref(), Some("checkout"));
+        assert_eq!(n.lookup(7, "nginx", "x").as_deref(), Some("web"));
+        assert_eq!(n.lookup(7, "x", "y"), None);
+        assert!(ServiceNames::parse(&["bad".into()]).is_err());
+        assert!(ServiceNames::parse(&["a=pid:x".into()]).is_err());
+        let me = std::process::id();
+        let p = Process::read_with(
+            me,
+            "x",
+            &ServiceNames::parse(&[format!("svc=pid:{me}")]).expect("ok"),
+        );
+        assert_eq!(p.service_name, "svc");
+        assert!(p.start_ticks > 0);
     }
 
     #[test]

@@ -53,6 +53,12 @@ counters! {
     spans_dropped,
     /// traceparent headers present but invalid.
     invalid_traceparent,
+    /// Spans accepted by the OTLP endpoint.
+    otlp_exported,
+    /// Spans whose export failed (after retries).
+    otlp_failed,
+    /// Spans dropped because the OTLP queue was full.
+    otlp_dropped,
 }
 
 impl Stats {
