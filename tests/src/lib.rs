@@ -15,6 +15,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod otlp;
+
 /// Integration tests need root to load BPF. Returns false (after saying
 /// why) when not root, so the caller can return early.
 pub fn require_root(test: &str) -> bool {
@@ -102,9 +104,15 @@ impl Agent {
     /// reports that its probes are attached. Panics (with the agent's log)
     /// if it exits or is not ready in time: a BPF load failure fails the test.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Agent::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(tracer_bin());
         cmd.args(["--output", "json", "--log-level", "info"])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -166,6 +174,19 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// Resident memory of the agent in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     pub fn log(&self) -> String {
@@ -358,12 +379,17 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
 
 pub fn python_server(port: u16) -> Proc {
+    python_server_with_env(port, &[])
+}
+
+pub fn python_server_with_env(port: u16, env: &[(&str, &str)]) -> Proc {
     let p = Proc::spawn(
         "python3 server",
         Command::new("python3")
             .arg("-c")
             .arg(PY_SERVER)
             .arg(port.to_string())
+            .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit()),
