@@ -164,7 +164,7 @@ fn retryable_failures_are_retried_without_duplicates() {
     let mut args = vec!["-o", "/dev/null"];
     args.extend(urls.iter().map(String::as_str));
     curl(&args);
-    let server = rx.wait_for(N, |r| {
+    rx.wait_for(N, |r| {
         r.span.kind == KIND_SERVER && r.attr("server.port").as_deref() == Some(&port.to_string())
     });
     thread::sleep(Duration::from_millis(800));

@@ -42,6 +42,8 @@ pub enum ConfigError {
     Header(String),
     #[error("a client certificate needs a client key, and the other way round")]
     ClientIdentity,
+    #[error("OTLP/HTTP over TLS is not supported yet ({0}); use --otlp-protocol grpc for TLS")]
+    HttpsUnsupported(String),
 }
 
 pub fn parse_protocol(s: &str) -> Result<Protocol, ConfigError> {
@@ -249,6 +251,9 @@ pub fn resolve(
     if client_cert.is_some() != client_key.is_some() {
         return Err(ConfigError::ClientIdentity);
     }
+    if protocol == Protocol::HttpProtobuf && endpoint.starts_with("https://") {
+        return Err(ConfigError::HttpsUnsupported(endpoint));
+    }
     Ok(Some(OtlpConfig {
         protocol,
         endpoint,
@@ -374,6 +379,18 @@ mod tests {
         assert!(matches!(
             resolve_with(&["--otlp-endpoint", "x:1", "--otlp-client-cert", "/c"], &[]),
             Err(ConfigError::ClientIdentity)
+        ));
+        assert!(matches!(
+            resolve_with(
+                &[
+                    "--otlp-protocol",
+                    "http/protobuf",
+                    "--otlp-endpoint",
+                    "https://c:4318"
+                ],
+                &[]
+            ),
+            Err(ConfigError::HttpsUnsupported(_))
         ));
         assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));

@@ -30,7 +30,7 @@ pub fn container_id_from_cgroup(text: &str) -> Option<String> {
             (tail.len() == 64 && tail.bytes().all(|c| c.is_ascii_hexdigit()))
                 .then(|| tail.to_ascii_lowercase())
         })
-        .last()
+        .next_back()
 }
 
 /// A stable id for one run of one process on this host: host, pid and the
