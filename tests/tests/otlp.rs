@@ -38,7 +38,19 @@ fn grpc_export_keeps_ids_parents_kinds_and_resources() {
     let before = now_ns();
     let tp = format!("traceparent: 00-{TP_TRACE}-{TP_PARENT}-01");
     let url = format!("http://127.0.0.1:{port}/hello/7?secret=1");
-    curl(&["-o", "/dev/null", "-H", &tp, "-H", "tracestate: v=1", &url]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        &tp,
+        "-H",
+        "tracestate: v=1",
+        "-H",
+        "Authorization: Bearer hunter2",
+        "-H",
+        "Cookie: session=hunter2",
+        &url,
+    ]);
 
     let on_port = |r: &otlp::Received| r.attr("server.port").as_deref() == Some(&port.to_string());
     let server = rx.wait_for(1, |r| on_port(r) && r.span.kind == KIND_SERVER);
@@ -240,4 +252,35 @@ fn collector_down_keeps_tracing_bounded_and_resumes() {
         "no drop/failure counted while the collector was down: {summary}"
     );
     assert!(summary.contains("otlp_exported="), "{summary}");
+}
+
+#[test]
+fn shutdown_flushes_queued_spans() {
+    if !require_root("shutdown_flushes_queued_spans") {
+        return;
+    }
+    let rx = Receiver::grpc(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.port);
+    // Nothing would be sent for a minute: only the shutdown flush can
+    // deliver these spans.
+    let mut agent = Agent::start(&["--otlp-endpoint", &endpoint, "--otlp-batch-timeout", "60s"]);
+    let port = free_port();
+    let (_nginx, _dir) = nginx(port, "");
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/hello/[1-3]"),
+    ]);
+    let local = agent.wait_for(3, |sp| is_span(sp, "SERVER", "nginx", port));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.requests(), 0, "exported before shutdown");
+    let st = agent.stop_with(libc::SIGTERM).expect("exit status");
+    assert!(st.success(), "{st}: {}", agent.log());
+    let got = rx.wait_for(3, |r| {
+        r.span.kind == KIND_SERVER && r.attr("server.port").as_deref() == Some(&port.to_string())
+    });
+    let exported: HashSet<String> = got.iter().map(|r| r.span_id()).collect();
+    for sp in &local {
+        assert!(exported.contains(s(sp, "span_id")), "{sp:#} not flushed");
+    }
 }
