@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use crate::output::Format;
+use crate::{output::Format, protocols::propagation::Propagator};
 
 /// Zero-instrumentation eBPF tracer: HTTP spans from unmodified processes.
 ///
@@ -78,6 +78,22 @@ pub struct Args {
     #[arg(long = "service-name", value_name = "NAME=EXE|NAME=pid:PID")]
     pub service_names: Vec<String>,
 
+    /// Trace-context formats read from requests, in order of precedence:
+    /// tracecontext, b3 (single and multi header), jaeger (uber-trace-id),
+    /// custom (the --trace-header names). Example: --propagators b3,tracecontext
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tracecontext,b3,jaeger,custom"
+    )]
+    pub propagators: Vec<String>,
+
+    /// An in-house header holding a hex trace id, optionally followed by
+    /// `-`, `:`, `/` or `,` and a hex span id (repeatable); read where
+    /// `custom` stands in --propagators. Example: --trace-header JD-Trace-ID
+    #[arg(long = "trace-header", value_name = "NAME")]
+    pub trace_headers: Vec<String>,
+
     /// OTLP endpoint; enables OTLP export. Falls back to
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT.
     /// Example: --otlp-endpoint http://127.0.0.1:4317
@@ -152,6 +168,26 @@ fn ring_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+impl Args {
+    /// The propagators in precedence order (`custom` expands to every
+    /// --trace-header name).
+    pub fn propagator_list(&self) -> Result<Vec<Propagator>, String> {
+        let mut out = Vec::new();
+        for p in &self.propagators {
+            if p.trim().eq_ignore_ascii_case("custom") {
+                out.extend(
+                    self.trace_headers
+                        .iter()
+                        .map(|h| Propagator::Custom(h.trim().to_ascii_lowercase())),
+                );
+            } else {
+                out.push(Propagator::parse(p)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +206,23 @@ mod tests {
         assert_eq!(a.max_capture_bytes, 4096);
         assert!(Args::try_parse_from(["tracer", "--max-capture-bytes", "100000"]).is_err());
         assert!(Args::try_parse_from(["tracer", "--ring-buffer-bytes", "12345"]).is_err());
+        assert_eq!(
+            a.propagator_list().expect("default propagators"),
+            [Propagator::TraceContext, Propagator::B3, Propagator::Jaeger]
+        );
+        let b = Args::try_parse_from([
+            "tracer",
+            "--propagators",
+            "custom,b3",
+            "--trace-header",
+            "JD-Trace-ID",
+        ])
+        .expect("flags");
+        assert_eq!(
+            b.propagator_list().expect("valid"),
+            [Propagator::Custom("jd-trace-id".into()), Propagator::B3]
+        );
+        let bad = Args::try_parse_from(["tracer", "--propagators", "xray"]).expect("flags");
+        assert!(bad.propagator_list().is_err());
     }
 }

@@ -12,9 +12,13 @@ use std::{
 use tracer_common::{DataHeader, DIR_INGRESS, ROLE_SERVER};
 
 use crate::{
+    linker::{RequestStart, SpanIds},
     protocols::http1::{Event, Kind, MessageReader, RequestHead, ResponseContext, ResponseHead},
     stats::Stats,
 };
+
+/// Chooses the span ids of a request when its head is parsed.
+pub type LinkFn<'a> = dyn FnMut(&RequestStart<'_>) -> SpanIds + 'a;
 
 /// Requests waiting for a response on one connection (pipelining depth).
 pub const MAX_PENDING: usize = 64;
@@ -47,6 +51,8 @@ pub struct Exchange {
     pub end_ts: u64,
     /// The end could not be followed exactly (e.g. uncaptured chunked body).
     pub end_estimated: bool,
+    /// Trace context chosen when the request started.
+    pub ids: SpanIds,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     /// `peer`'s IP as text, formatted once per connection.
@@ -58,6 +64,7 @@ struct Pending {
     request: RequestHead,
     start_ts: u64,
     tid: u32,
+    ids: SpanIds,
     response: Option<ResponseHead>,
     /// The response reader lost track inside this response's body.
     end_lost: bool,
@@ -96,6 +103,7 @@ impl ConnMeta {
 #[derive(Debug)]
 pub struct Conn {
     meta: ConnMeta,
+    fd: u32,
     requests: MessageReader,
     responses: MessageReader,
     pending: VecDeque<Pending>,
@@ -104,11 +112,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(meta: ConnMeta) -> Self {
+    pub fn new(meta: ConnMeta, fd: u32, trace_names: Arc<[String]>) -> Self {
         Self {
             meta,
-            requests: MessageReader::new(Kind::Request),
-            responses: MessageReader::new(Kind::Response),
+            fd,
+            requests: MessageReader::with_trace_headers(Kind::Request, trace_names.clone()),
+            responses: MessageReader::with_trace_headers(Kind::Response, trace_names),
             pending: VecDeque::new(),
             next_seq: 0,
             last_ts: 0,
@@ -143,6 +152,7 @@ impl Conn {
             start_ts: p.start_ts,
             end_ts: end_ts.max(p.start_ts),
             end_estimated: estimated,
+            ids: p.ids,
             local: self.meta.local,
             peer: self.meta.peer,
             peer_ip: self.meta.peer_ip.clone(),
@@ -159,7 +169,14 @@ impl Conn {
         }
     }
 
-    fn on_request_event(&mut self, ev: Event, tid: u32, stats: &Stats, out: &mut Vec<Exchange>) {
+    fn on_request_event(
+        &mut self,
+        ev: Event,
+        tid: u32,
+        stats: &Stats,
+        out: &mut Vec<Exchange>,
+        link: &mut LinkFn<'_>,
+    ) {
         match ev {
             Event::Request { head, start_ts } => {
                 self.finish_lost(stats, out);
@@ -167,10 +184,18 @@ impl Conn {
                     self.pending.pop_front();
                     Stats::inc(&stats.pending_overflow);
                 }
+                let ids = link(&RequestStart {
+                    role: self.meta.role,
+                    tgid: self.meta.tgid,
+                    tid,
+                    fd: self.fd,
+                    head: &head,
+                });
                 self.pending.push_back(Pending {
                     request: head,
                     start_ts,
                     tid,
+                    ids,
                     response: None,
                     end_lost: false,
                 });
@@ -237,6 +262,7 @@ impl Conn {
         payload: &[u8],
         stats: &Stats,
         out: &mut Vec<Exchange>,
+        link: &mut LinkFn<'_>,
     ) {
         if hdr.seq != self.next_seq {
             // Events of this connection were lost: neither stream can be
@@ -269,10 +295,10 @@ impl Conn {
                 .requests
                 .step(&mut input, ts, ResponseContext::default())
             {
-                self.on_request_event(ev, hdr.tid, stats, out);
+                self.on_request_event(ev, hdr.tid, stats, out, link);
             }
             if let Some(ev) = self.requests.gap(gap, ts) {
-                self.on_request_event(ev, hdr.tid, stats, out);
+                self.on_request_event(ev, hdr.tid, stats, out, link);
             }
         } else {
             self.responses.begin_chunk(payload, ts);
@@ -311,6 +337,7 @@ impl Conn {
 /// All tracked connections, keyed by (tgid, fd).
 pub struct ConnTable {
     conns: HashMap<(u32, u32), Conn>,
+    trace_names: Arc<[String]>,
     max_conns: usize,
     /// Sum of `Conn::buffered` over the table.
     buffered: usize,
@@ -318,13 +345,14 @@ pub struct ConnTable {
 }
 
 impl ConnTable {
-    pub fn new(max_conns: usize) -> Self {
-        Self::with_budget(max_conns, BUFFER_BUDGET)
+    pub fn new(max_conns: usize, trace_names: Arc<[String]>) -> Self {
+        Self::with_budget(max_conns, BUFFER_BUDGET, trace_names)
     }
 
-    pub fn with_budget(max_conns: usize, budget: usize) -> Self {
+    pub fn with_budget(max_conns: usize, budget: usize, trace_names: Arc<[String]>) -> Self {
         Self {
             conns: HashMap::new(),
+            trace_names,
             max_conns: max_conns.max(1),
             buffered: 0,
             budget,
@@ -366,7 +394,8 @@ impl ConnTable {
             self.evict(stats);
         }
         Stats::inc(&stats.conns_opened);
-        self.conns.insert(key, Conn::new(meta));
+        self.conns
+            .insert(key, Conn::new(meta, fd, self.trace_names.clone()));
     }
 
     pub fn on_data(
@@ -375,11 +404,12 @@ impl ConnTable {
         payload: &[u8],
         stats: &Stats,
         out: &mut Vec<Exchange>,
+        link: &mut LinkFn<'_>,
     ) {
         match self.conns.get_mut(&(hdr.tgid, hdr.fd)) {
             Some(c) if c.meta.conn_id == hdr.conn_id => {
                 let before = c.buffered();
-                c.on_data(hdr, payload, stats, out);
+                c.on_data(hdr, payload, stats, out, link);
                 let after = c.buffered();
                 self.buffered = (self.buffered + after).saturating_sub(before);
                 if self.buffered > self.budget && after > 0 {
@@ -461,6 +491,16 @@ mod tests {
     use super::*;
     use tracer_common::{DIR_EGRESS, EVENT_DATA};
 
+    fn test_ids(_: &RequestStart<'_>) -> SpanIds {
+        SpanIds {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            flags: 1,
+            tracestate: None,
+        }
+    }
+
     struct Feed {
         conn: Conn,
         seq: u32,
@@ -472,7 +512,11 @@ mod tests {
     impl Feed {
         fn new(role: Role) -> Self {
             Self {
-                conn: Conn::new(ConnMeta::new(1, 10, role, None, None)),
+                conn: Conn::new(
+                    ConnMeta::new(1, 10, role, None, None),
+                    3,
+                    Arc::from(Vec::<String>::new()),
+                ),
                 seq: 0,
                 ts: 100,
                 stats: Stats::default(),
@@ -496,7 +540,8 @@ mod tests {
             };
             self.seq += 1;
             self.ts += 10;
-            self.conn.on_data(&hdr, payload, &self.stats, &mut self.out);
+            self.conn
+                .on_data(&hdr, payload, &self.stats, &mut self.out, &mut test_ids);
         }
     }
 
@@ -593,7 +638,7 @@ mod tests {
     fn table_is_bounded() {
         let stats = Stats::default();
         let mut out = Vec::new();
-        let mut t = ConnTable::new(4);
+        let mut t = ConnTable::new(4, Arc::from(Vec::<String>::new()));
         for fd in 0..10 {
             let meta = ConnMeta::new(fd as u64, 1, Role::Server, None, None);
             t.open(fd, meta, &stats, &mut out);
@@ -611,7 +656,7 @@ mod tests {
     fn partial_headers_are_bounded_across_connections() {
         let stats = Stats::default();
         let mut out = Vec::new();
-        let mut t = ConnTable::with_budget(100, 4096);
+        let mut t = ConnTable::with_budget(100, 4096, Arc::from(Vec::<String>::new()));
         for fd in 0..10u32 {
             let meta = ConnMeta::new(u64::from(fd), 1, Role::Server, None, None);
             t.open(fd, meta, &stats, &mut out);
@@ -627,7 +672,7 @@ mod tests {
                 captured_len: payload.len() as u32,
                 ..Default::default()
             };
-            t.on_data(&hdr, &payload, &stats, &mut out);
+            t.on_data(&hdr, &payload, &stats, &mut out, &mut test_ids);
             assert!(t.buffered <= 4096, "buffered {}", t.buffered);
         }
         assert!(

@@ -6,6 +6,7 @@ mod clock;
 mod conntrack;
 mod events;
 mod export;
+mod linker;
 mod output;
 mod pipeline;
 mod probes;
@@ -104,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         export::config::resolve(&args, |k| std::env::var(k).ok()).context("OTLP configuration")?;
     let service_names =
         procinfo::ServiceNames::parse(&args.service_names).map_err(|e| anyhow::anyhow!(e))?;
+    let propagators = args.propagator_list().map_err(|e| anyhow::anyhow!(e))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         tracing::warn!("not running as root: loading BPF programs will likely fail");
@@ -203,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         stats.clone(),
         sinks,
         procinfo::ProcessCache::new(service_names),
+        propagators,
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;

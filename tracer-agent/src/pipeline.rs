@@ -20,7 +20,9 @@ use crate::{
     clock::Clock,
     conntrack::{role_from_wire, ConnMeta, ConnTable, Exchange},
     events::{decode, Event},
+    linker::Linker,
     procinfo::{comm_str, ProcessCache},
+    protocols::propagation::{header_names, Propagator},
     sockets,
     spans::{Span, SpanBuilder},
     stats::Stats,
@@ -61,6 +63,7 @@ pub struct Filters {
 
 pub struct Pipeline {
     conns: ConnTable,
+    linker: Linker,
     procs: ProcessCache,
     filters: Filters,
     kernel_conns: BpfHashMap<MapData, u64, ConnState>,
@@ -84,13 +87,16 @@ impl Pipeline {
         stats: Arc<Stats>,
         sinks: Vec<Sink>,
         procs: ProcessCache,
+        propagators: Vec<Propagator>,
     ) -> Self {
+        let trace_names: Arc<[String]> = Arc::from(header_names(&propagators));
         Self {
-            conns: ConnTable::new(max_conns),
+            conns: ConnTable::new(max_conns, trace_names),
+            linker: Linker::new(propagators, stats.clone()),
             procs,
             filters,
             kernel_conns,
-            builder: SpanBuilder::new(),
+            builder: SpanBuilder,
             clock: Clock::new(),
             stats,
             sinks,
@@ -108,8 +114,11 @@ impl Pipeline {
             Ok(Event::Open(ev)) => self.on_open(&ev),
             Ok(Event::Data(hdr, payload)) => {
                 if hdr.flags & tracer_common::DATA_FLAG_GAP == 0 || hdr.total_len > 0 {
+                    let linker = &mut self.linker;
                     self.conns
-                        .on_data(&hdr, payload, &self.stats, &mut self.done);
+                        .on_data(&hdr, payload, &self.stats, &mut self.done, &mut |r| {
+                            linker.on_request(r)
+                        });
                 }
             }
             Ok(Event::Close(ev)) => {
@@ -121,6 +130,11 @@ impl Pipeline {
                     &self.stats,
                     &mut self.done,
                 );
+                // Completed exchanges free their thread first, so only
+                // requests that never completed count their children as
+                // orphans.
+                self.emit_done();
+                self.linker.forget_conn(ev.tgid, ev.fd);
             }
             Ok(Event::Exit(ev)) => {
                 let fds = self
@@ -128,6 +142,7 @@ impl Pipeline {
                     .close_process(ev.tgid, ev.ts, &self.stats, &mut self.done);
                 // Flush spans before the process info goes.
                 self.emit_done();
+                self.linker.forget_process(ev.tgid);
                 for fd in fds {
                     let _ = self.kernel_conns.remove(&conn_key(ev.tgid, fd));
                 }
@@ -212,6 +227,7 @@ impl Pipeline {
             return;
         }
         for ex in std::mem::take(&mut self.done) {
+            self.linker.on_exchange(&ex);
             let process = self.procs.get_or_read(ex.tgid, "");
             let n = self.batch.len();
             if self.sinks.iter().all(|s| s.room() <= n) {

@@ -3,13 +3,10 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use rand::{rngs::SmallRng, Rng, SeedableRng};
-
 use crate::{
     clock::Clock,
     conntrack::{Exchange, Role},
     procinfo::Process,
-    protocols::traceparent,
     route,
     stats::Stats,
 };
@@ -121,48 +118,12 @@ fn split_host(host: &str) -> (String, Option<u16>) {
     }
 }
 
-pub struct SpanBuilder {
-    rng: SmallRng,
-}
-
-impl Default for SpanBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Turns exchanges into spans (ids were chosen by the linker).
+#[derive(Default)]
+pub struct SpanBuilder;
 
 impl SpanBuilder {
-    pub fn new() -> Self {
-        Self {
-            rng: SmallRng::from_entropy(),
-        }
-    }
-
-    fn trace_id(&mut self) -> [u8; 16] {
-        loop {
-            let id: [u8; 16] = self.rng.gen();
-            if id != [0; 16] {
-                return id;
-            }
-        }
-    }
-
-    fn span_id(&mut self) -> [u8; 8] {
-        loop {
-            let id: [u8; 8] = self.rng.gen();
-            if id != [0; 8] {
-                return id;
-            }
-        }
-    }
-
-    pub fn build(
-        &mut self,
-        ex: Exchange,
-        process: Arc<Process>,
-        clock: &Clock,
-        stats: &Stats,
-    ) -> Span {
+    pub fn build(&self, ex: Exchange, process: Arc<Process>, clock: &Clock, stats: &Stats) -> Span {
         let kind = match ex.role {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
@@ -173,27 +134,13 @@ impl SpanBuilder {
         let method: &'static str = known.copied().unwrap_or("_OTHER");
         let name = format!("{method} {}", route::route_of(path));
 
-        // A valid incoming traceparent makes this span part of that trace;
-        // on a client request it is the context the application itself
-        // propagated, so the CLIENT span joins it instead of competing.
-        let remote = match req.headers.traceparent.as_deref().map(traceparent::parse) {
-            Some(Ok(tp)) => Some(tp),
-            Some(Err(e)) => {
-                Stats::inc(&stats.invalid_traceparent);
-                tracing::debug!("ignoring invalid traceparent: {e}");
-                None
-            }
-            None => None,
-        };
-        let (trace_id, parent_span_id, trace_flags, tracestate) = match remote {
-            Some(tp) => (
-                tp.trace_id,
-                Some(tp.parent_id),
-                tp.flags,
-                req.headers.tracestate.clone(),
-            ),
-            None => (self.trace_id(), None, 1, None),
-        };
+        let crate::linker::SpanIds {
+            trace_id,
+            span_id,
+            parent_span_id,
+            flags: trace_flags,
+            tracestate,
+        } = ex.ids.clone();
 
         let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
         attrs.push(("http.request.method", AttrValue::Static(method)));
@@ -260,7 +207,7 @@ impl SpanBuilder {
         Stats::inc(&stats.spans);
         Span {
             trace_id,
-            span_id: self.span_id(),
+            span_id,
             parent_span_id,
             trace_flags,
             tracestate,
@@ -283,7 +230,10 @@ impl SpanBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::http1::{Headers, RequestHead, ResponseHead};
+    use crate::{
+        linker::SpanIds,
+        protocols::http1::{Headers, RequestHead, ResponseHead},
+    };
 
     fn exchange(role: Role, target: &str, status: u16, headers: Headers) -> Exchange {
         Exchange {
@@ -307,6 +257,13 @@ mod tests {
             local: Some("127.0.0.1:8080".parse().expect("addr")),
             peer: Some("127.0.0.1:40000".parse().expect("addr")),
             peer_ip: Some("127.0.0.1".into()),
+            ids: SpanIds {
+                trace_id: [0xab; 16],
+                span_id: [0xcd; 8],
+                parent_span_id: Some([0xef; 8]),
+                flags: 0,
+                tracestate: Some("k=v".into()),
+            },
         }
     }
 
@@ -315,82 +272,63 @@ mod tests {
     }
 
     #[test]
-    fn server_span_continues_incoming_trace() {
+    fn server_span_from_exchange() {
         let h = Headers {
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            tracestate: Some("k=v".into()),
             host: Some("shop.local:8080".into()),
+            user_agent: Some("ua/1".into()),
             ..Default::default()
         };
         let stats = Stats::default();
-        let mut b = SpanBuilder::new();
-        let s = b.build(
+        let s = SpanBuilder.build(
             exchange(Role::Server, "/users/42?x=secret", 503, h),
             process(),
             &Clock::new(),
             &stats,
         );
-        assert_eq!(hex(&s.trace_id), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(
-            s.parent_span_id.map(|p| hex(&p)).as_deref(),
-            Some("b7ad6b7169203331")
-        );
+        // The linker's ids are used unchanged.
+        assert_eq!(s.trace_id, [0xab; 16]);
+        assert_eq!(s.span_id, [0xcd; 8]);
+        assert_eq!(s.parent_span_id, Some([0xef; 8]));
+        assert_eq!(s.trace_flags, 0);
         assert_eq!(s.tracestate.as_deref(), Some("k=v"));
         assert_eq!(s.name, "GET /users/{id}");
         assert_eq!(s.kind, SpanKind::Server);
         assert_eq!(s.status, StatusCode::Error);
         assert_eq!(s.duration_ns(), 4_000);
-        assert_eq!(
-            s.attr("url.path").and_then(AttrValue::as_str),
-            Some("/users/42")
-        );
-        assert_eq!(
-            s.attr("server.address").and_then(AttrValue::as_str),
-            Some("shop.local")
-        );
+        let st = |k: &str| s.attr(k).and_then(AttrValue::as_str).map(str::to_owned);
+        assert_eq!(st("url.path").as_deref(), Some("/users/42"));
+        assert_eq!(st("server.address").as_deref(), Some("shop.local"));
+        assert_eq!(st("client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(st("user_agent.original").as_deref(), Some("ua/1"));
+        assert_eq!(st("error.type").as_deref(), Some("503"));
         assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(8080)));
-        assert_eq!(
-            s.attr("client.address").and_then(AttrValue::as_str),
-            Some("127.0.0.1")
-        );
         assert_eq!(
             s.attr("http.response.status_code"),
             Some(&AttrValue::Int(503))
         );
+        assert!(!format!("{s:?}").contains("secret"));
     }
 
     #[test]
-    fn new_trace_without_or_with_invalid_header() {
+    fn client_status_and_server_from_socket() {
         let stats = Stats::default();
-        let mut b = SpanBuilder::new();
-        let bad = Headers {
-            traceparent: Some("00-zz-yy-01".into()),
-            ..Default::default()
-        };
-        let s1 = b.build(
-            exchange(Role::Client, "/", 404, bad),
+        let s404 = SpanBuilder.build(
+            exchange(Role::Client, "/", 404, Headers::default()),
             process(),
             &Clock::new(),
             &stats,
         );
-        let s2 = b.build(
+        let s200 = SpanBuilder.build(
             exchange(Role::Client, "/", 200, Headers::default()),
             process(),
             &Clock::new(),
             &stats,
         );
-        assert!(s1.parent_span_id.is_none());
-        assert_ne!(s1.trace_id, s2.trace_id);
-        assert_eq!(s1.status, StatusCode::Error);
-        assert_eq!(s2.status, StatusCode::Unset);
-        assert_eq!(
-            stats
-                .invalid_traceparent
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(s404.status, StatusCode::Error);
+        assert_eq!(s200.status, StatusCode::Unset);
         // Client spans name the server by its socket when there is no Host.
-        assert_eq!(s2.attr("server.port"), Some(&AttrValue::Int(40000)));
+        assert_eq!(s200.attr("server.port"), Some(&AttrValue::Int(40000)));
+        assert!(s200.attr("client.address").is_none());
     }
 
     #[test]

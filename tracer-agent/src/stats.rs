@@ -51,8 +51,17 @@ counters! {
     spans,
     /// Spans dropped because the output queue was full.
     spans_dropped,
-    /// traceparent headers present but invalid.
-    invalid_traceparent,
+    /// Trace-context headers present but invalid (ignored).
+    invalid_trace_headers,
+    /// CLIENT spans linked to the SERVER span their thread was serving.
+    links_in_process,
+    /// CLIENT spans left as roots because their thread was serving several
+    /// requests at once (event loop, pool): the cause is unknowable.
+    links_ambiguous,
+    /// CLIENT spans whose linked SERVER parent was never exported.
+    orphan_spans,
+    /// Times the active-server table hit its bound and was reset.
+    link_table_resets,
     /// Spans accepted by the OTLP endpoint.
     otlp_exported,
     /// Spans whose export failed (after retries).

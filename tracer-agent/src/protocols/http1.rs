@@ -8,6 +8,8 @@
 //! state, from which it recovers only at a syscall boundary that starts with
 //! a plausible message; it never guesses a message boundary inside a chunk.
 
+use std::sync::Arc;
+
 use thiserror::Error;
 use tracer_common::{HTTP1_METHOD_PREFIXES, HTTP1_RESPONSE_PREFIX};
 
@@ -21,6 +23,8 @@ const MAX_CHUNK_LINE: usize = 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Longest header value kept (user agent, trace headers, host).
 const MAX_VALUE_LEN: usize = 1024;
+/// Trace-context headers kept per message.
+pub const MAX_TRACE_HEADERS: usize = 16;
 /// Longest request target kept.
 const MAX_TARGET_LEN: usize = 4096;
 
@@ -38,6 +42,15 @@ pub enum ParseError {
     Gap,
 }
 
+impl crate::protocols::propagation::HeaderLookup for Headers {
+    fn get(&self, lower_name: &str) -> Option<&str> {
+        self.trace
+            .iter()
+            .find(|(n, _)| n == lower_name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Which kind of message a reader expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -50,8 +63,9 @@ pub enum Kind {
 pub struct Headers {
     pub host: Option<String>,
     pub user_agent: Option<String>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
+    /// Trace-context headers (lower-case name, value), only the names the
+    /// configured propagators read, at most [`MAX_TRACE_HEADERS`].
+    pub trace: Vec<(String, String)>,
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub connection_close: bool,
@@ -130,16 +144,28 @@ pub struct MessageReader {
     head_buf: Vec<u8>,
     msg_start_ts: u64,
     last_ts: u64,
+    /// Lower-case names of the trace-context headers to keep.
+    trace_names: Arc<[String]>,
 }
 
 impl MessageReader {
+    /// A reader keeping the W3C Trace Context headers.
+    #[cfg(test)]
     pub fn new(kind: Kind) -> Self {
+        Self::with_trace_headers(
+            kind,
+            Arc::from(vec!["traceparent".into(), "tracestate".into()]),
+        )
+    }
+
+    pub fn with_trace_headers(kind: Kind, trace_names: Arc<[String]>) -> Self {
         Self {
             kind,
             state: State::Idle,
             head_buf: Vec::new(),
             msg_start_ts: 0,
             last_ts: 0,
+            trace_names,
         }
     }
 
@@ -239,12 +265,12 @@ impl MessageReader {
         let old_len = self.head_buf.len();
         // Fast path: the whole head is in this syscall's payload.
         let parsed = if old_len == 0 {
-            parse_head(self.kind, input)
+            parse_head(self.kind, input, &self.trace_names)
         } else {
             let room = MAX_HEAD_BYTES.saturating_sub(old_len);
             let take = input.len().min(room);
             self.head_buf.extend_from_slice(&input[..take]);
-            parse_head(self.kind, &self.head_buf)
+            parse_head(self.kind, &self.head_buf, &self.trace_names)
         };
         match parsed {
             Ok(Some((head, len))) => {
@@ -467,7 +493,10 @@ fn clip(v: &[u8], max: usize) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-fn extract_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, ParseError> {
+fn extract_headers(
+    raw: &[httparse::Header<'_>],
+    trace_names: &[String],
+) -> Result<Headers, ParseError> {
     let mut h = Headers::default();
     for hd in raw {
         let name = hd.name;
@@ -497,10 +526,10 @@ fn extract_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, ParseError> 
             h.host = Some(clip(hd.value, MAX_VALUE_LEN));
         } else if name.eq_ignore_ascii_case("user-agent") {
             h.user_agent = Some(clip(hd.value, MAX_VALUE_LEN));
-        } else if name.eq_ignore_ascii_case("traceparent") {
-            h.traceparent = Some(clip(hd.value, MAX_VALUE_LEN));
-        } else if name.eq_ignore_ascii_case("tracestate") {
-            h.tracestate = Some(clip(hd.value, MAX_VALUE_LEN));
+        } else if h.trace.len() < MAX_TRACE_HEADERS {
+            if let Some(n) = trace_names.iter().find(|n| name.eq_ignore_ascii_case(n)) {
+                h.trace.push((n.clone(), clip(hd.value, MAX_VALUE_LEN)));
+            }
         }
     }
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3 item 3).
@@ -512,7 +541,11 @@ fn extract_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, ParseError> 
 
 /// Parses a complete head at the start of `buf`: `Ok(None)` when more bytes
 /// are needed, otherwise the head and its length in bytes.
-fn parse_head(kind: Kind, buf: &[u8]) -> Result<Option<(Head, usize)>, ParseError> {
+fn parse_head(
+    kind: Kind,
+    buf: &[u8],
+    trace_names: &[String],
+) -> Result<Option<(Head, usize)>, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let malformed = |e: httparse::Error| ParseError::Malformed(e.to_string());
     match kind {
@@ -525,7 +558,7 @@ fn parse_head(kind: Kind, buf: &[u8]) -> Result<Option<(Head, usize)>, ParseErro
                         method: req.method.unwrap_or_default().to_owned(),
                         target: clip(req.path.unwrap_or_default().as_bytes(), MAX_TARGET_LEN),
                         version: req.version.unwrap_or(1),
-                        headers: extract_headers(req.headers)?,
+                        headers: extract_headers(req.headers, trace_names)?,
                     };
                     Ok(Some((Head::Request(head), len)))
                 }
@@ -539,7 +572,7 @@ fn parse_head(kind: Kind, buf: &[u8]) -> Result<Option<(Head, usize)>, ParseErro
                     let head = ResponseHead {
                         status: resp.code.unwrap_or_default(),
                         version: resp.version.unwrap_or(1),
-                        headers: extract_headers(resp.headers)?,
+                        headers: extract_headers(resp.headers, trace_names)?,
                     };
                     Ok(Some((Head::Response(head), len)))
                 }
@@ -551,6 +584,7 @@ fn parse_head(kind: Kind, buf: &[u8]) -> Result<Option<(Head, usize)>, ParseErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::propagation::HeaderLookup as _;
 
     /// Feeds `chunks` (each one syscall) and collects every event.
     fn run(kind: Kind, chunks: &[&[u8]], ctx: ResponseContext) -> Vec<Event> {
@@ -766,8 +800,8 @@ tracestate: a=b\r\nConnection: keep-alive, close\r\n\r\n",
         assert_eq!(head.target, "/p?q=1");
         assert_eq!(head.headers.host.as_deref(), Some("example:8080"));
         assert_eq!(head.headers.user_agent.as_deref(), Some("curl/8"));
-        assert_eq!(head.headers.tracestate.as_deref(), Some("a=b"));
-        assert!(head.headers.traceparent.is_some());
+        assert_eq!(head.headers.get("tracestate"), Some("a=b"));
+        assert!(head.headers.get("traceparent").is_some());
         assert!(head.headers.connection_close);
     }
 }
