@@ -804,4 +804,61 @@ tracestate: a=b\r\nConnection: keep-alive, close\r\n\r\n",
         assert!(head.headers.get("traceparent").is_some());
         assert!(head.headers.connection_close);
     }
+
+    /// Hostile input: random mixes of valid messages, garbage, random
+    /// syscall boundaries and gaps must never panic, and the reader's
+    /// buffer stays bounded.
+    #[test]
+    fn randomized_streams_never_panic() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let pieces: [&[u8]; 8] = [
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"\x00\xff\r\n\r\n\x16\x03",
+            b"Content-Length: 99999999999999999999\r\n",
+            b"\r\n",
+            b"PUT /c HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n",
+        ];
+        let mut rng = SmallRng::seed_from_u64(0x7ace);
+        for kind in [Kind::Request, Kind::Response] {
+            for _ in 0..300 {
+                let mut stream = Vec::new();
+                for _ in 0..rng.gen_range(1..12) {
+                    stream.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+                    if rng.gen_bool(0.2) {
+                        let n = rng.gen_range(0..64);
+                        stream.extend((0..n).map(|_| rng.gen::<u8>()));
+                    }
+                }
+                let mut r = MessageReader::new(kind);
+                let mut rest: &[u8] = &stream;
+                let mut ts = 0;
+                while !rest.is_empty() {
+                    let cut = rng.gen_range(1..=rest.len());
+                    let (chunk, tail) = rest.split_at(cut);
+                    rest = tail;
+                    ts += 1;
+                    r.begin_chunk(chunk, ts);
+                    let mut input = chunk;
+                    let ctx = ResponseContext {
+                        head_request: rng.gen_bool(0.1),
+                        connect_request: rng.gen_bool(0.05),
+                    };
+                    let mut guard = 0;
+                    while r.step(&mut input, ts, ctx).is_some() {
+                        guard += 1;
+                        assert!(guard < 10_000, "reader does not make progress");
+                    }
+                    assert!(input.is_empty() || r.is_tunnel());
+                    if rng.gen_bool(0.1) {
+                        let _ = r.gap(rng.gen_range(0..100_000), ts);
+                    }
+                    assert!(r.buffered() <= 2 * MAX_HEAD_BYTES);
+                }
+                let _ = r.close(ts + 1);
+            }
+        }
+    }
 }
