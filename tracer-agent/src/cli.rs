@@ -4,6 +4,13 @@ use clap::Parser;
 
 use crate::{output::Format, protocols::propagation::Propagator};
 
+/// An on/off flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// Zero-instrumentation eBPF tracer: HTTP spans from unmodified processes.
 ///
 /// Runs as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
@@ -87,6 +94,20 @@ pub struct Args {
         default_value = "tracecontext,b3,jaeger,custom"
     )]
     pub propagators: Vec<String>,
+
+    /// Insert a W3C `traceparent` (and `tracestate`) into outgoing
+    /// plaintext HTTP/1 requests that carry no trace context, so downstream
+    /// services continue the trace. Off by default: it changes bytes on the
+    /// wire and routes every client TCP socket of the cgroup through a
+    /// BPF sockhash. Example: --inject-context on
+    #[arg(long, value_enum, default_value_t = Switch::Off, env = "TRACER_INJECT_CONTEXT")]
+    pub inject_context: Switch,
+
+    /// cgroup v2 directory whose processes get context injection (the
+    /// whole host by default: the cgroup2 mount found in /proc/self/mountinfo).
+    /// Example: --cgroup-path /sys/fs/cgroup/kubepods.slice
+    #[arg(long, value_name = "DIR", env = "TRACER_CGROUP_PATH")]
+    pub cgroup_path: Option<std::path::PathBuf>,
 
     /// An in-house header holding a hex trace id, optionally followed by
     /// `-`, `:`, `/` or `,` and a hex span id (repeatable); read where

@@ -173,6 +173,7 @@ impl Conn {
         &mut self,
         ev: Event,
         tid: u32,
+        index_in_chunk: Option<usize>,
         stats: &Stats,
         out: &mut Vec<Exchange>,
         link: &mut LinkFn<'_>,
@@ -190,6 +191,7 @@ impl Conn {
                     tid,
                     fd: self.fd,
                     head: &head,
+                    index_in_chunk,
                 });
                 self.pending.push_back(Pending {
                     request: head,
@@ -289,16 +291,24 @@ impl Conn {
         let ts = hdr.ts;
         let gap = u64::from(hdr.total_len.saturating_sub(hdr.captured_len));
         if is_request {
+            // Requests that start in this chunk are numbered only when the
+            // chunk starts at a message boundary (nothing held over): those
+            // are the ones the kernel may have chosen ids for.
+            let mut index = self.requests.starts_fresh().then_some(0usize);
             self.requests.begin_chunk(payload, ts);
             let mut input = payload;
             while let Some(ev) = self
                 .requests
                 .step(&mut input, ts, ResponseContext::default())
             {
-                self.on_request_event(ev, hdr.tid, stats, out, link);
+                let is_head = matches!(ev, Event::Request { .. });
+                self.on_request_event(ev, hdr.tid, index, stats, out, link);
+                if is_head {
+                    index = index.map(|i| i + 1);
+                }
             }
             if let Some(ev) = self.requests.gap(gap, ts) {
-                self.on_request_event(ev, hdr.tid, stats, out, link);
+                self.on_request_event(ev, hdr.tid, None, stats, out, link);
             }
         } else {
             self.responses.begin_chunk(payload, ts);
@@ -382,6 +392,16 @@ impl ConnTable {
 
     pub fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Local and peer ports of a tracked connection, where known.
+    pub fn ports(&self, tgid: u32, fd: u32) -> Option<(Option<u16>, Option<u16>)> {
+        self.conns.get(&(tgid, fd)).map(|c| {
+            (
+                c.meta.local.map(|a| a.port()),
+                c.meta.peer.map(|a| a.port()),
+            )
+        })
     }
 
     /// Starts tracking; a previous connection on the same fd is closed first.

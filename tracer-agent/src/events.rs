@@ -4,8 +4,8 @@
 
 use thiserror::Error;
 use tracer_common::{
-    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcExitEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
-    EVENT_DATA, EVENT_PROC_EXIT, MAX_CAPTURE,
+    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcExitEvent, TraceCtxEvent, EVENT_CONN_CLOSE,
+    EVENT_CONN_OPEN, EVENT_DATA, EVENT_INJECTED, EVENT_PROC_EXIT, EVENT_SERVER_CTX, MAX_CAPTURE,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub enum Event<'a> {
     Data(DataHeader, &'a [u8]),
     Close(ConnCloseEvent),
     Exit(ProcExitEvent),
+    /// Ids the kernel chose for a SERVER span ([`EVENT_SERVER_CTX`]) or
+    /// injected into a CLIENT request ([`EVENT_INJECTED`]).
+    Context(TraceCtxEvent),
 }
 
 /// Reads a `T` from the start of `buf` after checking its length.
@@ -58,6 +61,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         EVENT_CONN_CLOSE => Ok(Event::Close(read(buf)?)),
         EVENT_PROC_EXIT => Ok(Event::Exit(read(buf)?)),
+        EVENT_SERVER_CTX | EVENT_INJECTED => Ok(Event::Context(read(buf)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

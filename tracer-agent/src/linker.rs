@@ -44,6 +44,34 @@ pub struct RequestStart<'a> {
     pub tid: u32,
     pub fd: u32,
     pub head: &'a RequestHead,
+    /// Position among the requests that started in this syscall's bytes,
+    /// when the bytes started at a message boundary.
+    pub index_in_chunk: Option<usize>,
+}
+
+/// Ids the kernel chose for a request (context injection on): for a
+/// SERVER request when it was read, for a CLIENT request when its
+/// `traceparent` was injected. These are what went on the wire, so they win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub flags: u8,
+    /// The CLIENT request was made a child of the thread's SERVER span.
+    pub linked: bool,
+}
+
+impl From<&tracer_common::TraceCtxEvent> for KernelIds {
+    fn from(ev: &tracer_common::TraceCtxEvent) -> Self {
+        Self {
+            trace_id: ev.trace_id,
+            span_id: ev.span_id,
+            parent_span_id: (ev.parent_id != [0; 8]).then_some(ev.parent_id),
+            flags: ev.flags,
+            linked: ev.origin == tracer_common::CTX_LINKED,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -92,30 +120,65 @@ impl Linker {
         }
     }
 
-    /// Chooses the ids of a request's span.
-    pub fn on_request(&mut self, r: &RequestStart<'_>) -> SpanIds {
+    /// Chooses the ids of a request's span; `kernel` holds the ids the
+    /// kernel already chose for it, if any.
+    pub fn on_request(&mut self, r: &RequestStart<'_>, kernel: Option<KernelIds>) -> SpanIds {
         let (remote, errors) = extract(&r.head.headers, &self.propagators);
         for e in errors {
             Stats::inc(&self.stats.invalid_trace_headers);
             tracing::debug!("ignoring invalid trace header: {e}");
         }
         let span_id = self.span_id();
-        let ids = match (remote, r.role) {
-            (Some(ctx), _) => SpanIds {
-                trace_id: ctx.trace_id,
-                span_id,
-                parent_span_id: ctx.parent_id,
-                flags: ctx.flags,
-                tracestate: ctx.tracestate,
-            },
-            (None, Role::Server) => SpanIds {
-                trace_id: self.trace_id(),
-                span_id,
-                parent_span_id: None,
-                flags: 1,
-                tracestate: None,
-            },
-            (None, Role::Client) => self.client_parent(r.tgid, r.tid, span_id),
+        let ids = match (kernel, remote, r.role) {
+            (Some(k), remote, Role::Client) => {
+                // Injected: the wire carries these ids, whatever the agent
+                // would have chosen.
+                if remote.is_some() {
+                    Stats::inc(&self.stats.inject_conflicts);
+                }
+                let tracestate = if k.linked {
+                    Stats::inc(&self.stats.links_in_process);
+                    self.server_tracestate(r.tgid, r.tid, k.parent_span_id)
+                } else {
+                    None
+                };
+                SpanIds {
+                    trace_id: k.trace_id,
+                    span_id: k.span_id,
+                    parent_span_id: k.parent_span_id,
+                    flags: k.flags,
+                    tracestate,
+                }
+            }
+            (Some(k), Some(ctx), Role::Server) => {
+                // The caller's context (by --propagators) is continued; the
+                // span id is the kernel's, which the requests this one
+                // causes were given as their parent.
+                if ctx.trace_id != k.trace_id {
+                    Stats::inc(&self.stats.inject_context_mismatch);
+                }
+                SpanIds {
+                    trace_id: ctx.trace_id,
+                    span_id: k.span_id,
+                    parent_span_id: ctx.parent_id,
+                    flags: ctx.flags,
+                    tracestate: ctx.tracestate,
+                }
+            }
+            (Some(k), None, Role::Server) => {
+                if k.parent_span_id.is_some() {
+                    // A traceparent the configured propagators ignore.
+                    Stats::inc(&self.stats.inject_context_mismatch);
+                }
+                SpanIds {
+                    trace_id: k.trace_id,
+                    span_id: k.span_id,
+                    parent_span_id: None,
+                    flags: k.flags,
+                    tracestate: None,
+                }
+            }
+            (None, remote, role) => self.agent_ids(remote, role, r, span_id),
         };
         if r.role == Role::Server {
             if self.len >= MAX_ACTIVE {
@@ -134,6 +197,46 @@ impl Linker {
             self.len += 1;
         }
         ids
+    }
+
+    /// Ids chosen by the agent alone (no kernel decision for this request).
+    fn agent_ids(
+        &mut self,
+        remote: Option<crate::protocols::propagation::RemoteContext>,
+        role: Role,
+        r: &RequestStart<'_>,
+        span_id: [u8; 8],
+    ) -> SpanIds {
+        match (remote, role) {
+            (Some(ctx), _) => SpanIds {
+                trace_id: ctx.trace_id,
+                span_id,
+                parent_span_id: ctx.parent_id,
+                flags: ctx.flags,
+                tracestate: ctx.tracestate,
+            },
+            (None, Role::Server) => SpanIds {
+                trace_id: self.trace_id(),
+                span_id,
+                parent_span_id: None,
+                flags: 1,
+                tracestate: None,
+            },
+            (None, Role::Client) => self.client_parent(r.tgid, r.tid, span_id),
+        }
+    }
+
+    /// `tracestate` of the SERVER span `parent` that thread (tgid, tid) is
+    /// serving.
+    fn server_tracestate(&self, tgid: u32, tid: u32, parent: Option<[u8; 8]>) -> Option<String> {
+        let parent = parent?;
+        self.active
+            .get(&(tgid, tid))?
+            .iter()
+            .find(|a| a.ids.span_id == parent)?
+            .ids
+            .tracestate
+            .clone()
     }
 
     fn client_parent(&mut self, tgid: u32, tid: u32, span_id: [u8; 8]) -> SpanIds {
@@ -244,6 +347,7 @@ mod tests {
             tid,
             fd,
             head: h,
+            index_in_chunk: None,
         }
     }
 
@@ -259,13 +363,13 @@ mod tests {
         let mut l = linker();
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let sh = head(vec![("traceparent".into(), tp.into())]);
-        let server = l.on_request(&start(Role::Server, 10, 3, &sh));
+        let server = l.on_request(&start(Role::Server, 10, 3, &sh), None);
         let none = head(vec![]);
-        let client = l.on_request(&start(Role::Client, 10, 4, &none));
+        let client = l.on_request(&start(Role::Client, 10, 4, &none), None);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent_span_id, Some(server.span_id));
         // Another thread's client call is not linked.
-        let other = l.on_request(&start(Role::Client, 11, 5, &none));
+        let other = l.on_request(&start(Role::Client, 11, 5, &none), None);
         assert_ne!(other.trace_id, server.trace_id);
         assert_eq!(other.parent_span_id, None);
     }
@@ -274,9 +378,9 @@ mod tests {
     fn several_requests_on_one_thread_leave_client_as_counted_root() {
         let mut l = linker();
         let none = head(vec![]);
-        let a = l.on_request(&start(Role::Server, 10, 3, &none));
-        let b = l.on_request(&start(Role::Server, 10, 4, &none));
-        let c = l.on_request(&start(Role::Client, 10, 5, &none));
+        let a = l.on_request(&start(Role::Server, 10, 3, &none), None);
+        let b = l.on_request(&start(Role::Server, 10, 4, &none), None);
+        let c = l.on_request(&start(Role::Client, 10, 5, &none), None);
         assert_eq!(c.parent_span_id, None);
         assert_ne!(c.trace_id, a.trace_id);
         assert_ne!(c.trace_id, b.trace_id);
@@ -287,10 +391,10 @@ mod tests {
     fn app_propagated_context_wins_over_thread_link() {
         let mut l = linker();
         let none = head(vec![]);
-        l.on_request(&start(Role::Server, 10, 3, &none));
+        l.on_request(&start(Role::Server, 10, 3, &none), None);
         let b3 = format!("{}-{}-1", "a".repeat(32), "b".repeat(16));
         let own = head(vec![("b3".into(), b3)]);
-        let c = l.on_request(&start(Role::Client, 10, 5, &own));
+        let c = l.on_request(&start(Role::Client, 10, 5, &own), None);
         assert_eq!(c.trace_id, [0xaa; 16]);
         assert_eq!(c.parent_span_id, Some([0xbb; 8]));
     }
@@ -299,17 +403,17 @@ mod tests {
     fn completion_and_close_free_the_thread_and_count_orphans() {
         let mut l = linker();
         let none = head(vec![]);
-        l.on_request(&start(Role::Server, 10, 3, &none));
-        l.on_request(&start(Role::Client, 10, 4, &none));
+        l.on_request(&start(Role::Server, 10, 3, &none), None);
+        l.on_request(&start(Role::Client, 10, 4, &none), None);
         assert_eq!(l.active_len(), 1);
         // The server request never completed: its connection closed.
         l.forget_conn(1, 3);
         assert_eq!(l.active_len(), 0);
         assert_eq!(l.stats.orphan_spans.load(Ordering::Relaxed), 1);
         // The thread is free: a later client call is a root.
-        let c = l.on_request(&start(Role::Client, 10, 4, &none));
+        let c = l.on_request(&start(Role::Client, 10, 4, &none), None);
         assert_eq!(c.parent_span_id, None);
-        l.on_request(&start(Role::Server, 12, 7, &none));
+        l.on_request(&start(Role::Server, 12, 7, &none), None);
         l.forget_process(1);
         assert_eq!(l.active_len(), 0);
     }

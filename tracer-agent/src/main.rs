@@ -6,6 +6,8 @@ mod clock;
 mod conntrack;
 mod events;
 mod export;
+mod injection;
+mod kernel_ctx;
 mod linker;
 mod output;
 mod pipeline;
@@ -138,6 +140,8 @@ async fn main() -> anyhow::Result<()> {
             self_tgid: std::process::id(),
             filter_pids: u32::from(!args.pids.is_empty()),
             inflight_mask: probes::inflight_slots() - 1,
+            inject_context: u32::from(args.inject_context == cli::Switch::On),
+            _pad: 0,
         },
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),
@@ -152,6 +156,16 @@ async fn main() -> anyhow::Result<()> {
         probes::PROBES.len()
     );
     tracing::debug!("attached: {}", report.attached.join(", "));
+    if args.inject_context == cli::Switch::On {
+        let dir = injection::cgroup_dir(args.cgroup_path.as_deref())
+            .context("context injection (--inject-context on)")?;
+        injection::attach(&mut ebpf, &dir)
+            .with_context(|| format!("context injection on cgroup {}", dir.display()))?;
+        tracing::info!(
+            cgroup = %dir.display(),
+            "context injection on: outgoing HTTP/1 requests get a traceparent"
+        );
+    }
 
     match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => {

@@ -20,6 +20,7 @@ use crate::{
     clock::Clock,
     conntrack::{role_from_wire, ConnMeta, ConnTable, Exchange},
     events::{decode, Event},
+    kernel_ctx::KernelContexts,
     linker::Linker,
     procinfo::{comm_str, ProcessCache},
     protocols::propagation::{header_names, Propagator},
@@ -64,6 +65,10 @@ pub struct Filters {
 pub struct Pipeline {
     conns: ConnTable,
     linker: Linker,
+    /// Ids the kernel chose, waiting for their requests.
+    kernel_ctx: KernelContexts,
+    /// Reused buffer of the kernel ids for one data event.
+    kernel_ids: Vec<crate::linker::KernelIds>,
     procs: ProcessCache,
     filters: Filters,
     kernel_conns: BpfHashMap<MapData, u64, ConnState>,
@@ -93,6 +98,8 @@ impl Pipeline {
         Self {
             conns: ConnTable::new(max_conns, trace_names),
             linker: Linker::new(propagators, stats.clone()),
+            kernel_ctx: KernelContexts::default(),
+            kernel_ids: Vec::new(),
             procs,
             filters,
             kernel_conns,
@@ -114,13 +121,10 @@ impl Pipeline {
             Ok(Event::Open(ev)) => self.on_open(&ev),
             Ok(Event::Data(hdr, payload)) => {
                 if hdr.flags & tracer_common::DATA_FLAG_GAP == 0 || hdr.total_len > 0 {
-                    let linker = &mut self.linker;
-                    self.conns
-                        .on_data(&hdr, payload, &self.stats, &mut self.done, &mut |r| {
-                            linker.on_request(r)
-                        });
+                    self.on_data(&hdr, payload);
                 }
             }
+            Ok(Event::Context(ev)) => self.kernel_ctx.on_event(&ev, &self.stats),
             Ok(Event::Close(ev)) => {
                 self.conns.close(
                     ev.tgid,
@@ -135,6 +139,7 @@ impl Pipeline {
                 // orphans.
                 self.emit_done();
                 self.linker.forget_conn(ev.tgid, ev.fd);
+                self.kernel_ctx.forget_conn(ev.conn_id, &self.stats);
             }
             Ok(Event::Exit(ev)) => {
                 let fds = self
@@ -143,6 +148,7 @@ impl Pipeline {
                 // Flush spans before the process info goes.
                 self.emit_done();
                 self.linker.forget_process(ev.tgid);
+                self.kernel_ctx.forget_process(ev.tgid, &self.stats);
                 for fd in fds {
                     let _ = self.kernel_conns.remove(&conn_key(ev.tgid, fd));
                 }
@@ -157,6 +163,30 @@ impl Pipeline {
             }
         }
         self.emit_done();
+    }
+
+    fn on_data(&mut self, hdr: &tracer_common::DataHeader, payload: &[u8]) {
+        let mut kernel = std::mem::take(&mut self.kernel_ids);
+        kernel.clear();
+        if !self.kernel_ctx.is_empty() {
+            let ports = self.conns.ports(hdr.tgid, hdr.fd);
+            self.kernel_ctx
+                .take_for(hdr, ports, &mut kernel, &self.stats);
+        }
+        let mut used = 0usize;
+        let linker = &mut self.linker;
+        self.conns
+            .on_data(hdr, payload, &self.stats, &mut self.done, &mut |r| {
+                let k = r.index_in_chunk.and_then(|i| kernel.get(i)).copied();
+                used += usize::from(k.is_some());
+                linker.on_request(r, k)
+            });
+        if kernel.len() > used {
+            self.stats
+                .kernel_ctx_unmatched
+                .fetch_add((kernel.len() - used) as u64, Ordering::Relaxed);
+        }
+        self.kernel_ids = kernel;
     }
 
     fn on_open(&mut self, ev: &ConnOpenEvent) {

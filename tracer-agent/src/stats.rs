@@ -62,6 +62,18 @@ counters! {
     orphan_spans,
     /// Times the active-server table hit its bound and was reset.
     link_table_resets,
+    /// Kernel-chosen contexts (server or injected) that matched no request
+    /// (their data event was lost, or the parser was out of step).
+    kernel_ctx_unmatched,
+    /// Kernel contexts dropped because too many waited for their request.
+    kernel_ctx_overflow,
+    /// SERVER spans whose incoming context came from a header the kernel
+    /// does not read (B3, Jaeger, custom, or a traceparent ranked below
+    /// them): requests they cause carry a different trace downstream.
+    inject_context_mismatch,
+    /// CLIENT requests injected by the kernel that also carried an
+    /// application header only the agent reads (a --trace-header name).
+    inject_conflicts,
     /// Spans accepted by the OTLP endpoint.
     otlp_exported,
     /// Spans whose export failed (after retries).

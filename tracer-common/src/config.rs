@@ -49,9 +49,13 @@ pub struct Config {
     pub filter_pids: u32,
     /// Size of [`MAP_INFLIGHT`] minus one (a power of two minus one).
     pub inflight_mask: u32,
+    /// Non-zero: choose trace ids in the kernel and inject `traceparent`
+    /// into outgoing HTTP/1 requests (`--inject-context on`).
+    pub inject_context: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 #[cfg(feature = "user")]
 mod user {

@@ -20,8 +20,24 @@ pub const STAT_CONNS_INFERRED: u32 = 7;
 /// Reading the user buffer failed (page not present, bad pointer).
 pub const STAT_READ_FAILED: u32 = 8;
 
+/// SERVER contexts chosen in the kernel (an inbound request was read).
+pub const STAT_SERVER_CTX: u32 = 9;
+/// `traceparent` headers injected into outgoing requests.
+pub const STAT_INJECTED: u32 = 10;
+/// Injections that made the request a child of the SERVER span being served.
+pub const STAT_INJECT_LINKED: u32 = 11;
+/// Not injected: the request already carried trace context.
+pub const STAT_INJECT_SKIP_HAS_CONTEXT: u32 = 12;
+/// Not injected: the framing was not certain (head longer than the scan
+/// window or split across writes, unknown transfer coding, ...).
+pub const STAT_INJECT_SKIP_UNSURE: u32 = 13;
+/// Not injected: the kernel could not make room in the message.
+pub const STAT_INJECT_FAILED: u32 = 14;
+/// Inbound `tracestate` longer than the kernel carries (not propagated).
+pub const STAT_TRACESTATE_TOO_LONG: u32 = 15;
+
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 16;
 
 /// Human names, indexed like the counters.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -34,4 +50,11 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "conns_ignored",
     "conns_inferred",
     "user_read_failed",
+    "server_ctx",
+    "injected",
+    "inject_linked",
+    "inject_skip_has_context",
+    "inject_skip_unsure",
+    "inject_failed",
+    "tracestate_too_long",
 ];

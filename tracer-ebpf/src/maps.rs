@@ -2,12 +2,15 @@
 //! `tracer-common` so the agent can find and resize them at load time.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use tracer_common::{
-    Config, ConnState, DataScratch, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT, DEFAULT_RING_BYTES,
-    DEFAULT_SCRATCH_SLOTS, MAX_PID_FILTER, STAT_COUNT,
+    Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
+    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_THREAD_CTX,
+    SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
 };
+
+use crate::head::{HeadScan, SCAN_BUF};
 
 /// Arguments of a traced syscall, saved at entry and consumed at exit.
 #[repr(C)]
@@ -101,3 +104,83 @@ pub fn config() -> Config {
         None => Config::default(),
     }
 }
+
+/// The SERVER request a thread is serving, as the kernel saw it: read by
+/// the `sk_msg` injector when the same thread writes a CLIENT request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadCtx {
+    /// Connection the request arrived on (`ConnState::conn_id`).
+    pub conn_id: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The caller's span id from an inbound `traceparent` (parsed here
+    /// first; not used after the event is sent).
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+    /// The thread read another request before answering this one (event
+    /// loop, pipelining across connections): no CLIENT request it writes
+    /// can be attributed, so none is linked.
+    pub ambiguous: u8,
+    pub _pad: [u8; 2],
+    /// Bytes of `tracestate` (0: none).
+    pub tracestate_len: u32,
+    pub tracestate: [u8; TRACESTATE_MAX],
+}
+
+/// Keyed by pid_tgid. LRU: a thread that exits or never answers cannot
+/// leak an entry for long.
+#[map]
+pub static THREAD_CTX: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries(MAX_THREAD_CTX, 0);
+
+/// Where a [`ThreadCtx`] is built before it is stored (too big for the
+/// stack).
+#[map]
+pub static CTX_BUILD: PerCpuArray<ThreadCtx> = PerCpuArray::with_max_entries(1, 0);
+
+/// Programs the capture path tail-calls (see `tracer_common::TAIL_*`).
+#[map]
+pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// Client sockets whose sends the injector sees.
+#[map]
+pub static SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCK_STATE, 0);
+
+/// What the injector knows about the byte stream of a client socket.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct SockState {
+    /// One of the `MODE_*` values of `probes::inject`.
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static SOCK_STATE: LruHashMap<SockKey, SockState> =
+    LruHashMap::with_max_entries(MAX_SOCK_STATE, 0);
+
+/// Per-CPU scratch of the injector: the head being inspected, the scan
+/// results, and the header lines to insert.
+#[repr(C)]
+pub struct InjectScratch {
+    pub data: [u8; SCAN_BUF],
+    pub scan: HeadScan,
+    pub line: [u8; INJECT_LINE_MAX],
+    /// Bytes of `line` to insert.
+    pub line_len: u32,
+    /// Writing the inserted bytes failed.
+    pub write_failed: u32,
+}
+
+/// `traceparent: 00-<32>-<16>-<2>\r\n` plus `tracestate: <value>\r\n`.
+pub const INJECT_LINE_MAX: usize = 512;
+const _: () = assert!(70 + 14 + TRACESTATE_MAX <= INJECT_LINE_MAX);
+const _: () = assert!(SCAN_BUF >= 2 * SCAN_MAX + 64);
+
+#[map]
+pub static INJECT_SCRATCH: PerCpuArray<InjectScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scan results for the server-side context reader (its bytes are in
+/// [`SCRATCH`]).
+#[map]
+pub static SERVER_SCAN: PerCpuArray<HeadScan> = PerCpuArray::with_max_entries(1, 0);

@@ -345,6 +345,12 @@ impl MessageReader {
         matches!(self.state, State::Idle | State::Tunnel)
     }
 
+    /// The next chunk, if it starts with a message, is parsed from its
+    /// first byte (nothing is held over from earlier chunks).
+    pub fn starts_fresh(&self) -> bool {
+        matches!(self.state, State::Idle | State::Desync)
+    }
+
     /// `n` bytes moved without being captured.
     pub fn gap(&mut self, n: u64, ts: u64) -> Option<Event> {
         if n == 0 {

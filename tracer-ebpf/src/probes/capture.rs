@@ -18,16 +18,16 @@ use tracer_common::{
     conn_key, ConnOpenEvent, ConnState, DataHeader, DataScratch, DATA_FLAG_GAP,
     DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_OPEN, EVENT_DATA, FAMILY_INET,
     FAMILY_INET6, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_ACCEPT,
-    ORIGIN_CONNECT, ORIGIN_INFERRED, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
-    SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO,
-    SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
-    STAT_CONN_INSERT_FAILED, STAT_READ_FAILED, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
+    ORIGIN_CONNECT, ORIGIN_INFERRED, PROTO_HTTP1, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT,
+    ROLE_SERVER, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG,
+    SRC_SENDTO, SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
+    STAT_CONN_INSERT_FAILED, STAT_READ_FAILED, STAT_RINGBUF_DROPS, STAT_TRUNCATED, TAIL_SERVER_CTX,
 };
 
-use super::{ctx_nr, ctx_u64, CALL_ACCEPT, CALL_CONNECT, OFF_RET, RB_FLAGS};
+use super::{context::server_done, ctx_nr, ctx_u64, CALL_ACCEPT, CALL_CONNECT, OFF_RET, RB_FLAGS};
 use crate::{
     classify::classify,
-    maps::{bump, config, take_inflight, PendingCall, CONNS, EVENTS, SCRATCH},
+    maps::{bump, config, take_inflight, PendingCall, CONNS, EVENTS, SCRATCH, TAIL_PROGS},
 };
 
 /// `-EINPROGRESS`: a non-blocking connect that is under way.
@@ -248,7 +248,8 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
     }
     let seq = st.seq;
     st.seq = seq.wrapping_add(1);
-    emit_data(pid_tgid, call, ret, st.conn_id, seq, ingress);
+    let server = st.role == ROLE_SERVER;
+    emit_data(ctx, pid_tgid, call, ret, st.conn_id, seq, ingress, server);
 }
 
 #[inline(always)]
@@ -346,7 +347,20 @@ fn capture(scratch: &mut DataScratch, call: &PendingCall, ret: u64, cap: usize) 
 }
 
 #[inline(always)]
-fn emit_data(pid_tgid: u64, call: &PendingCall, ret: u64, conn_id: u64, seq: u32, ingress: bool) {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into one probe; a struct would only move the same fields"
+)]
+fn emit_data(
+    ctx: &TracePointContext,
+    pid_tgid: u64,
+    call: &PendingCall,
+    ret: u64,
+    conn_id: u64,
+    seq: u32,
+    ingress: bool,
+    server: bool,
+) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return;
@@ -395,6 +409,36 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, ret: u64, conn_id: u64, seq: u32
         seq,
         _pad: 0,
     };
+    if cfg.inject_context != 0 && server {
+        if !ingress {
+            // The thread is answering: it no longer serves this request.
+            server_done(pid_tgid, conn_id);
+        } else if starts_request(scratch, captured) {
+            // Choose the SERVER span's ids now (see context.rs); that
+            // program sends the data event too. Falls through if the
+            // table slot is empty.
+            // SAFETY: tail call with our own context; returns only on failure.
+            unsafe { TAIL_PROGS.tail_call(ctx, TAIL_SERVER_CTX) };
+        }
+    }
+    output_scratch(scratch);
+}
+
+/// The captured bytes start an HTTP/1 request (method and space).
+#[inline(always)]
+fn starts_request(scratch: &DataScratch, captured: usize) -> bool {
+    if captured < 16 {
+        return false;
+    }
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&scratch.data[..8]);
+    matches!(classify(&head), Some(c) if c.is_request && c.proto == PROTO_HTTP1)
+}
+
+/// Sends the data event assembled in `scratch` (header + payload).
+#[inline(always)]
+pub fn output_scratch(scratch: &DataScratch) {
+    let captured = scratch.header.captured_len as usize;
     let captured = if captured > MAX_CAPTURE {
         MAX_CAPTURE
     } else {

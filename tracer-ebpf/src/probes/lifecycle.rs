@@ -6,10 +6,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     conn_key, ConnCloseEvent, ProcExitEvent, EVENT_CONN_CLOSE, EVENT_PROC_EXIT, PROTO_HTTP1,
-    PROTO_HTTP2, STAT_RINGBUF_DROPS,
+    PROTO_HTTP2, ROLE_SERVER, STAT_RINGBUF_DROPS,
 };
 
-use super::{ctx_u64, OFF_ARG0, RB_FLAGS};
+use super::{context::server_done, ctx_u64, OFF_ARG0, RB_FLAGS};
 use crate::maps::{bump, config, take_inflight, CONNS, EVENTS};
 
 /// `syscalls:sys_enter_close(fd)`: forget the socket; tell the agent if it
@@ -24,8 +24,11 @@ pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
     let Some(st) = (unsafe { CONNS.get(key) }) else {
         return 0;
     };
-    let (proto, conn_id) = (st.proto, st.conn_id);
+    let (proto, conn_id, role) = (st.proto, st.conn_id, st.role);
     let _ = CONNS.remove(key);
+    if role == ROLE_SERVER && config().inject_context != 0 {
+        server_done(pid_tgid, conn_id);
+    }
     if proto == PROTO_HTTP1 || proto == PROTO_HTTP2 {
         let ev = ConnCloseEvent {
             kind: EVENT_CONN_CLOSE,

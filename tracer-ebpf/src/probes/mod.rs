@@ -1,4 +1,6 @@
 pub mod capture;
+pub mod context;
+pub mod inject;
 pub mod lifecycle;
 pub mod syscalls;
 

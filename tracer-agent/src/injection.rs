@@ -1,0 +1,178 @@
+//! Setting up context injection: the SERVER-context reader in the capture
+//! path's tail-call table, the `sk_msg` injector on the client-socket
+//! sockhash, and the `sock_ops` program on a cgroup v2 directory that fills
+//! that sockhash.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{ProgramArray, SockHash},
+    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
+    Ebpf,
+};
+use thiserror::Error;
+use tracer_common::{
+    SockKey, MAP_SOCKS, MAP_TAIL_PROGS, PROG_INJECT, PROG_SERVER_CTX, PROG_SOCK_OPS,
+    TAIL_SERVER_CTX,
+};
+
+#[derive(Debug, Error)]
+pub enum InjectError {
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo; mount one or pass --cgroup-path")]
+    NoCgroup2,
+    #[error("cannot open cgroup directory {0}")]
+    Cgroup(PathBuf, #[source] std::io::Error),
+    #[error("program {0} is missing from the BPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("duplicating a file descriptor")]
+    Fd(#[source] std::io::Error),
+}
+
+/// The first cgroup v2 mount point in a mountinfo text (field 5 is the
+/// mount point; the filesystem type follows the ` - ` separator).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount_point = pre.split_whitespace().nth(4)?;
+        // mountinfo escapes spaces and the like as octal (\040).
+        Some(PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Which cgroup directory to attach to: the one given, else the cgroup v2
+/// mount.
+pub fn cgroup_dir(given: Option<&Path>) -> Result<PathBuf, InjectError> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| InjectError::Cgroup("/proc/self/mountinfo".into(), e))?;
+    cgroup2_mount(&info).ok_or(InjectError::NoCgroup2)
+}
+
+/// Loads and attaches the injection programs. Their links live as long as
+/// `ebpf`.
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), InjectError> {
+    let prog_err = |name: &'static str| move |source| InjectError::Program { name, source };
+
+    // 1. The SERVER-context reader, tail-called by the capture hook.
+    let server_ctx: &mut TracePoint = ebpf
+        .program_mut(PROG_SERVER_CTX)
+        .ok_or(InjectError::MissingProgram(PROG_SERVER_CTX))?
+        .try_into()
+        .map_err(prog_err(PROG_SERVER_CTX))?;
+    server_ctx.load().map_err(prog_err(PROG_SERVER_CTX))?;
+    let fd = server_ctx
+        .fd()
+        .map_err(prog_err(PROG_SERVER_CTX))?
+        .try_clone()
+        .map_err(InjectError::Fd)?;
+    let mut tails = ProgramArray::try_from(
+        ebpf.map_mut(MAP_TAIL_PROGS)
+            .ok_or(InjectError::MissingMap(MAP_TAIL_PROGS))?,
+    )
+    .map_err(|source| InjectError::Map {
+        name: MAP_TAIL_PROGS,
+        source,
+    })?;
+    tails
+        .set(TAIL_SERVER_CTX, &fd, 0)
+        .map_err(|source| InjectError::Map {
+            name: MAP_TAIL_PROGS,
+            source,
+        })?;
+
+    // 2. The injector on the sockhash (before sockets can enter it).
+    let socks: SockHash<_, SockKey> = SockHash::try_from(
+        ebpf.map(MAP_SOCKS)
+            .ok_or(InjectError::MissingMap(MAP_SOCKS))?,
+    )
+    .map_err(|source| InjectError::Map {
+        name: MAP_SOCKS,
+        source,
+    })?;
+    let socks_fd = socks.fd().try_clone().map_err(InjectError::Fd)?;
+    let inject: &mut SkMsg = ebpf
+        .program_mut(PROG_INJECT)
+        .ok_or(InjectError::MissingProgram(PROG_INJECT))?
+        .try_into()
+        .map_err(prog_err(PROG_INJECT))?;
+    inject.load().map_err(prog_err(PROG_INJECT))?;
+    inject.attach(&socks_fd).map_err(prog_err(PROG_INJECT))?;
+
+    // 3. sock_ops on the cgroup: client sockets enter the sockhash. A BPF
+    // link (kernel >= 5.7) coexists with other programs on the cgroup.
+    let dir = File::open(cgroup).map_err(|e| InjectError::Cgroup(cgroup.to_path_buf(), e))?;
+    let ops: &mut SockOps = ebpf
+        .program_mut(PROG_SOCK_OPS)
+        .ok_or(InjectError::MissingProgram(PROG_SOCK_OPS))?
+        .try_into()
+        .map_err(prog_err(PROG_SOCK_OPS))?;
+    ops.load().map_err(prog_err(PROG_SOCK_OPS))?;
+    ops.attach(dir, CgroupAttachMode::Single)
+        .map_err(prog_err(PROG_SOCK_OPS))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let info = "\
+22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw
+30 22 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+35 30 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+36 30 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let escaped = "35 30 0:30 / /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount(escaped), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(
+            cgroup2_mount("22 1 0:21 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
+        assert_eq!(cgroup2_mount("garbage"), None);
+    }
+}

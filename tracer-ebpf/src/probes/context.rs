@@ -1,0 +1,188 @@
+//! SERVER-side trace context, chosen in the kernel when a request is read
+//! so that CLIENT requests the same thread writes moments later can carry
+//! it (the agent learns of the request milliseconds later: too late).
+//!
+//! `tracer_server_ctx` is tail-called by the `sys_exit_*` capture hook
+//! (see `capture.rs`) when a server connection's read starts a request;
+//! the payload is already in this CPU's `SCRATCH` slot.
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX, STAT_RINGBUF_DROPS,
+    STAT_SERVER_CTX, STAT_TRACESTATE_TOO_LONG, TRACESTATE_MAX,
+};
+
+use super::{capture::output_scratch, RB_FLAGS};
+use crate::{
+    head::{get32, parse_traceparent, scan, set32, skip_ows},
+    maps::{bump, CTX_BUILD, EVENTS, SCRATCH, SERVER_SCAN, THREAD_CTX},
+};
+
+/// Random non-zero ids (`bpf_get_prandom_u32`).
+#[inline(always)]
+pub fn random_trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    for i in 0..4 {
+        let r = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
+        id[4 * i] = r[0];
+        id[4 * i + 1] = r[1];
+        id[4 * i + 2] = r[2];
+        id[4 * i + 3] = r[3];
+    }
+    id[15] |= 1; // never all zero
+    id
+}
+
+#[inline(always)]
+pub fn random_span_id() -> [u8; 8] {
+    let a = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
+    let b = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3] | 1]
+}
+
+#[inline(always)]
+pub fn output_ctx(ev: &TraceCtxEvent) {
+    if EVENTS.output::<TraceCtxEvent>(ev, RB_FLAGS).is_err() {
+        bump(STAT_RINGBUF_DROPS);
+    }
+}
+
+#[tracepoint]
+pub fn tracer_server_ctx(_ctx: TracePointContext) -> u32 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, filled by the capture hook that tail-called
+    // us on this CPU; programs do not migrate while running.
+    let scratch = unsafe { &mut *scratch };
+    choose_server_ctx(scratch);
+    // The context event must precede the data event it refers to.
+    output_scratch(scratch);
+    0
+}
+
+#[inline(always)]
+fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
+    let Some(s) = SERVER_SCAN.get_ptr_mut(0) else {
+        return;
+    };
+    let Some(build) = CTX_BUILD.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU values, exclusively ours for this run.
+    let (s, build) = unsafe { (&mut *s, &mut *build) };
+    let hdr = scratch.header;
+    scan(&scratch.data, hdr.captured_len as usize, s);
+    let n = get32(&s.n) as usize;
+
+    let pid_tgid = (u64::from(hdr.tgid) << 32) | u64::from(hdr.tid);
+    let tp_at = get32(&s.traceparent) as usize;
+    let ts_at = get32(&s.tracestate) as usize;
+    // The ids are decoded straight into the map value (see `decode_hex`).
+    let mut flags = [1u8];
+    let from_header = tp_at != 0
+        && parse_traceparent(
+            &scratch.data,
+            tp_at,
+            n,
+            &mut build.trace_id,
+            &mut build.parent_id,
+            &mut flags,
+        );
+    let mut ev = TraceCtxEvent {
+        kind: EVENT_SERVER_CTX,
+        flags: 1,
+        origin: CTX_NEW_TRACE,
+        _pad: 0,
+        tgid: hdr.tgid,
+        tid: hdr.tid,
+        seq: hdr.seq,
+        conn_id: hdr.conn_id,
+        trace_id: [0; 16],
+        span_id: random_span_id(),
+        parent_id: [0; 8],
+    };
+    if from_header {
+        ev.origin = CTX_FROM_TRACEPARENT;
+        ev.trace_id = build.trace_id;
+        ev.parent_id = build.parent_id;
+        ev.flags = flags[0];
+    } else {
+        ev.trace_id = random_trace_id();
+    }
+
+    // Another request still in progress on this thread (from another
+    // connection) makes the thread ambiguous until it answers this one.
+    // SAFETY: fields are copied out immediately.
+    let ambiguous = match unsafe { THREAD_CTX.get(&pid_tgid) } {
+        Some(prev) => prev.ambiguous != 0 || prev.conn_id != hdr.conn_id,
+        None => false,
+    };
+    build.conn_id = hdr.conn_id;
+    build.trace_id = ev.trace_id;
+    build.span_id = ev.span_id;
+    build.flags = ev.flags;
+    build.ambiguous = u8::from(ambiguous);
+    build.tracestate_len = 0;
+    if from_header && ts_at != 0 {
+        copy_tracestate(&scratch.data, ts_at, s, build);
+    }
+    if THREAD_CTX.insert(&pid_tgid, &*build, 0).is_ok() {
+        bump(STAT_SERVER_CTX);
+    }
+    output_ctx(&ev);
+}
+
+/// Copies a `tracestate` value (up to its `\r`) into the thread context;
+/// one longer than [`TRACESTATE_MAX`] is not carried at all (a cut list
+/// could change its meaning).
+#[inline(always)]
+fn copy_tracestate(
+    d: &[u8; 2 * tracer_common::MAX_CAPTURE],
+    at: usize,
+    s: &crate::head::HeadScan,
+    out: &mut crate::maps::ThreadCtx,
+) {
+    let v = skip_ows(d, at) & (2 * tracer_common::SCAN_MAX - 1);
+    // The length goes through memory, marked with a high bit when the end
+    // was found, so the verifier's states after the loop converge.
+    const FOUND: u32 = 1 << 31;
+    set32(&mut out.tracestate_len, 0);
+    for i in 0..TRACESTATE_MAX {
+        let at = v + i;
+        if at >= get32(&s.n) as usize {
+            break;
+        }
+        let b = d[at];
+        if b == b'\r' {
+            set32(&mut out.tracestate_len, FOUND | i as u32);
+            break;
+        }
+        out.tracestate[i] = b;
+    }
+    let len = get32(&out.tracestate_len);
+    if len & FOUND == 0 {
+        bump(STAT_TRACESTATE_TOO_LONG);
+        set32(&mut out.tracestate_len, 0);
+        return;
+    }
+    set32(&mut out.tracestate_len, len & !FOUND);
+}
+
+/// The thread answered (or closed) connection `conn_id`: it is no longer
+/// serving that request.
+#[inline(always)]
+pub fn server_done(pid_tgid: u64, conn_id: u64) {
+    // SAFETY: the field is copied out immediately.
+    let matches = match unsafe { THREAD_CTX.get(&pid_tgid) } {
+        Some(c) => c.conn_id == conn_id,
+        None => false,
+    };
+    if matches {
+        let _ = THREAD_CTX.remove(&pid_tgid);
+    }
+}
