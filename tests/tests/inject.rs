@@ -1,0 +1,413 @@
+//! Context injection (`--inject-context on`): uninstrumented services are
+//! joined into one trace by the `traceparent` the kernel inserts into their
+//! outgoing requests, and the inserted line is the only change on the wire.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use tracer_tests::*;
+
+const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const S: &str = "00f067aa0ba902b7";
+
+/// One hop of the chain: a ThreadingHTTPServer whose handler calls the
+/// next service with urllib (on the handler thread) at `/next<path>`.
+const PY_HOP: &str = r#"
+import sys, http.server, socketserver, urllib.request
+NEXT = int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/next%s" % (NEXT, self.path)) as r:
+            body = r.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// Answers every request (keep-alive, pipelining, Content-Length and
+/// chunked bodies) with the exact bytes of that request as its body.
+const PY_ECHO: &str = r#"
+import socket, sys, threading
+def read_request(f):
+    raw = b""
+    while True:
+        line = f.readline(65537)
+        if not line:
+            return None
+        raw += line
+        if line == b"\r\n":
+            break
+    chunked, length = False, 0
+    for l in raw.lower().split(b"\r\n")[1:]:
+        if l.startswith(b"transfer-encoding:") and b"chunked" in l:
+            chunked = True
+        if l.startswith(b"content-length:"):
+            length = int(l.split(b":", 1)[1])
+    if chunked:
+        while True:
+            size = f.readline()
+            raw += size
+            n = int(size.split(b";")[0].strip(), 16)
+            if n == 0:
+                raw += f.readline()
+                break
+            raw += f.read(n + 2)
+    elif length:
+        raw += f.read(length)
+    return raw
+def handle(c):
+    f = c.makefile("rb")
+    while True:
+        r = read_request(f)
+        if r is None:
+            break
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(r) + r)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+fn python(name: &str, script: &str, args: &[String]) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
+}
+
+fn by_path<'a>(spans: &'a [Value], kind: &str, pid_: u32, path: &str) -> &'a Value {
+    let found: Vec<&Value> = spans
+        .iter()
+        .filter(|sp| {
+            s(sp, "kind") == kind && pid(sp) == u64::from(pid_) && attr(sp, "url.path") == path
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "want exactly one {kind} {path} span of pid {pid_}, got {found:#?}"
+    );
+    found[0]
+}
+
+#[test]
+fn three_uninstrumented_services_form_one_trace() {
+    if !require_root("three_uninstrumented_services_form_one_trace") {
+        return;
+    }
+    let agent = Agent::start(&["--inject-context", "on"]);
+    let c_port = free_port();
+    let (nginx_c, _dir) = nginx(c_port, "location /next/ { return 200 \"c\\n\"; }");
+    let b_port = free_port();
+    let b = python(
+        "service B",
+        PY_HOP,
+        &[b_port.to_string(), c_port.to_string()],
+    );
+    wait_port(b_port);
+    let a_port = free_port();
+    let a = python(
+        "service A",
+        PY_HOP,
+        &[a_port.to_string(), b_port.to_string()],
+    );
+    wait_port(a_port);
+    let nginx_pid = nginx_c.pid();
+
+    // The spans of one request through the chain, by hop.
+    let chain = |tag: &str| {
+        let (a_path, b_path, c_path) = (
+            format!("/{tag}"),
+            format!("/next/{tag}"),
+            format!("/next/next/{tag}"),
+        );
+        let spans = agent.wait_for(6, |sp| {
+            let p = attr(sp, "url.path").as_str().unwrap_or("");
+            p == a_path || p == b_path || p == c_path
+        });
+        let curl = spans
+            .iter()
+            .find(|sp| s(sp, "kind") == "CLIENT" && exe(sp) == "curl")
+            .unwrap_or_else(|| panic!("no curl span in {spans:#?}"))
+            .clone();
+        let a_server = by_path(&spans, "SERVER", a.pid(), &a_path).clone();
+        let a_client = by_path(&spans, "CLIENT", a.pid(), &b_path).clone();
+        let b_server = by_path(&spans, "SERVER", b.pid(), &b_path).clone();
+        let b_client = by_path(&spans, "CLIENT", b.pid(), &c_path).clone();
+        let c_server = spans
+            .iter()
+            .find(|sp| {
+                s(sp, "kind") == "SERVER"
+                    && exe(sp) == "nginx"
+                    && attr(sp, "url.path") == c_path.as_str()
+            })
+            .unwrap_or_else(|| panic!("no nginx span (master {nginx_pid}) in {spans:#?}"))
+            .clone();
+        (
+            spans,
+            [curl, a_server, a_client, b_server, b_client, c_server],
+        )
+    };
+
+    // 1. No incoming context: the trace starts at curl (whose request got
+    //    a traceparent too) and every hop continues it.
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{a_port}/plain"),
+    ]);
+    let (spans, [curl_c, a_s, a_c, b_s, b_c, c_s]) = chain("plain");
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let trace = s(&curl_c, "trace_id").to_owned();
+    for sp in &spans {
+        assert_eq!(s(sp, "trace_id"), trace, "one trace id: {spans:#?}");
+    }
+    assert!(curl_c["parent_span_id"].is_null(), "{curl_c:#}");
+    let parent_is = |child: &Value, parent: &Value| {
+        assert_eq!(
+            s(child, "parent_span_id"),
+            s(parent, "span_id"),
+            "{child:#}\nshould be a child of\n{parent:#}"
+        )
+    };
+    parent_is(&a_s, &curl_c);
+    parent_is(&a_c, &a_s);
+    parent_is(&b_s, &a_c);
+    parent_is(&b_c, &b_s);
+    parent_is(&c_s, &b_c);
+    // Ids are unique along the chain.
+    let mut ids: Vec<&str> = spans.iter().map(|sp| s(sp, "span_id")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 6);
+
+    // 2. An incoming traceparent from curl: kept end to end.
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("traceparent: 00-{T}-{S}-01"),
+        &format!("http://127.0.0.1:{a_port}/ctx"),
+    ]);
+    let (spans, [curl_c, a_s, a_c, b_s, b_c, c_s]) = chain("ctx");
+    for sp in &spans {
+        assert_eq!(s(sp, "trace_id"), T, "trace id kept: {spans:#?}");
+        assert_eq!(sp["trace_flags"], 1, "sampled flag kept: {sp:#}");
+    }
+    // curl propagated context itself: its span joins that trace.
+    assert_eq!(s(&curl_c, "parent_span_id"), S);
+    assert_eq!(s(&a_s, "parent_span_id"), S);
+    parent_is(&a_c, &a_s);
+    parent_is(&b_s, &a_c);
+    parent_is(&b_c, &b_s);
+    parent_is(&c_s, &b_c);
+}
+
+/// Reads one `Content-Length` response and returns its body.
+fn read_response(conn: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).expect("response body");
+    body
+}
+
+/// Splits `echoed` into the request as sent and the injected traceparent
+/// value; panics unless the only difference is one `traceparent` line
+/// right after the request line.
+fn strip_injection(sent: &[u8], echoed: &[u8]) -> String {
+    let line_end = sent
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .expect("request line")
+        + 2;
+    assert_eq!(
+        &echoed[..line_end],
+        &sent[..line_end],
+        "request line changed:\n{}",
+        String::from_utf8_lossy(echoed)
+    );
+    let rest = &echoed[line_end..];
+    let prefix = b"traceparent: 00-";
+    assert!(
+        rest.starts_with(prefix) && rest.len() >= 70 && &rest[68..70] == b"\r\n",
+        "no traceparent line after the request line:\n{}",
+        String::from_utf8_lossy(echoed)
+    );
+    assert_eq!(
+        &rest[70..],
+        &sent[line_end..],
+        "bytes other than the injected line changed:\nsent:\n{}\nreceived:\n{}",
+        String::from_utf8_lossy(sent),
+        String::from_utf8_lossy(echoed)
+    );
+    String::from_utf8_lossy(&rest[13..68]).into_owned()
+}
+
+/// Sends `writes` (one `write` each, paced so each is its own send) on one
+/// connection and reads one echoed response per request in `requests`.
+fn exchange(port: u16, writes: &[&[u8]], requests: usize) -> Vec<Vec<u8>> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.set_nodelay(true).expect("nodelay");
+    for w in writes {
+        conn.write_all(w).expect("write");
+        thread::sleep(Duration::from_millis(30));
+    }
+    (0..requests).map(|_| read_response(&mut conn)).collect()
+}
+
+#[test]
+fn injected_header_is_the_only_change_on_the_wire() {
+    if !require_root("injected_header_is_the_only_change_on_the_wire") {
+        return;
+    }
+    let agent = Agent::start(&["--inject-context", "on"]);
+    let port = free_port();
+    let _echo = python("echo server", PY_ECHO, &[port.to_string()]);
+    wait_port(port);
+    let me = std::process::id();
+    // Bodies that look like requests: a header must never land in them.
+    let get = b"GET /get HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n".to_vec();
+    let post_body = b"GET /not-a-request HTTP/1.1\r\nHost: x\r\n\r\n";
+    let post = [
+        format!(
+            "POST /post HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            post_body.len()
+        )
+        .into_bytes(),
+        post_body.to_vec(),
+    ]
+    .concat();
+    let chunked_head = b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk_data = b"GET /inside-a-chunk HTTP/1.1\r\n";
+    let chunk1 = [
+        format!("{:x}\r\n", chunk_data.len()).as_bytes(),
+        chunk_data,
+        b"\r\n",
+    ]
+    .concat();
+    let chunk2 = b"5\r\nhello\r\n0\r\n\r\n";
+    let chunked = [&chunked_head[..], &chunk1, chunk2].concat();
+
+    let mut injected = Vec::new();
+    // GET, and POST with its head and its request-like body in one send.
+    for req in [&get, &post] {
+        let echoed = exchange(port, &[req], 1);
+        injected.push(strip_injection(req, &echoed[0]));
+    }
+    // POST whose body comes in a later send: it starts with "GET ".
+    let split_at = post.len() - post_body.len();
+    let echoed = exchange(port, &[&post[..split_at], &post[split_at..]], 1);
+    injected.push(strip_injection(&post, &echoed[0]));
+    // Chunked body over three sends, one chunk starting with "GET ".
+    let echoed = exchange(port, &[chunked_head, &chunk1, chunk2], 1);
+    injected.push(strip_injection(&chunked, &echoed[0]));
+    // Pipelined: two requests in one send, then a keep-alive request after
+    // a chunked one on the same connection.
+    let two = [&get[..], &post[..]].concat();
+    let echoed = exchange(port, &[&two], 2);
+    injected.push(strip_injection(&get, &echoed[0]));
+    injected.push(strip_injection(&post, &echoed[1]));
+    let echoed = exchange(port, &[&chunked, &get], 2);
+    injected.push(strip_injection(&chunked, &echoed[0]));
+    injected.push(strip_injection(&get, &echoed[1]));
+
+    // Each injected context is the CLIENT span the agent reports for that
+    // request: a new trace (this test serves nothing), parent none.
+    assert_eq!(injected.len(), 8);
+    for tp in &injected {
+        let (trace, span) = (&tp[3..35], &tp[36..52]);
+        let sp = agent.wait_for(1, |sp| {
+            s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(me) && s(sp, "span_id") == span
+        });
+        assert_eq!(s(&sp[0], "trace_id"), trace, "{:#}", sp[0]);
+        assert!(sp[0]["parent_span_id"].is_null(), "{:#}", sp[0]);
+        // The echo server's SERVER span continues it.
+        let server = agent.wait_for(1, |x| {
+            s(x, "kind") == "SERVER" && s(x, "parent_span_id") == span
+        });
+        assert_eq!(s(&server[0], "trace_id"), trace);
+    }
+}
+
+#[test]
+fn requests_that_carry_context_get_no_second_header() {
+    if !require_root("requests_that_carry_context_get_no_second_header") {
+        return;
+    }
+    let agent = Agent::start(&["--inject-context", "on"]);
+    let port = free_port();
+    let _echo = python("echo server", PY_ECHO, &[port.to_string()]);
+    wait_port(port);
+    let me = std::process::id();
+    let cases = [
+        format!("GET /w3c HTTP/1.1\r\nHost: t\r\nTraceparent: 00-{T}-{S}-01\r\n\r\n"),
+        format!("GET /b3 HTTP/1.1\r\nHost: t\r\nb3: {T}-{S}-1\r\n\r\n"),
+        format!("GET /b3multi HTTP/1.1\r\nX-B3-TraceId: {T}\r\nX-B3-SpanId: {S}\r\n\r\n"),
+        format!("GET /jaeger HTTP/1.1\r\nuber-trace-id: {T}:{S}:0:1\r\n\r\n"),
+    ];
+    for req in &cases {
+        let echoed = exchange(port, &[req.as_bytes()], 1);
+        assert_eq!(
+            String::from_utf8_lossy(&echoed[0]),
+            *req,
+            "a request with its own context must pass untouched"
+        );
+    }
+    // The CLIENT spans follow the application's context: no competing trace.
+    for path in ["/w3c", "/b3", "/b3multi", "/jaeger"] {
+        let sp = agent.wait_for(1, |sp| {
+            s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(me) && attr(sp, "url.path") == path
+        });
+        assert_eq!(s(&sp[0], "trace_id"), T, "{path}: {:#}", sp[0]);
+        assert_eq!(s(&sp[0], "parent_span_id"), S, "{path}: {:#}", sp[0]);
+    }
+}
+
+#[test]
+fn injection_is_off_by_default() {
+    if !require_root("injection_is_off_by_default") {
+        return;
+    }
+    let _agent = Agent::start(&[]);
+    let port = free_port();
+    let _echo = python("echo server", PY_ECHO, &[port.to_string()]);
+    wait_port(port);
+    let req = b"GET /untouched HTTP/1.1\r\nHost: t\r\n\r\n";
+    let echoed = exchange(port, &[req], 1);
+    assert_eq!(echoed[0], req);
+}
