@@ -110,4 +110,26 @@ mod tests {
             _ => panic!("valid data event rejected"),
         }
     }
+
+    #[test]
+    fn context_events_decode_and_are_length_checked() {
+        let ev = TraceCtxEvent {
+            kind: EVENT_INJECTED,
+            flags: 1,
+            tid: 9,
+            trace_id: [3; 16],
+            ..Default::default()
+        };
+        let buf = bytes_of(&ev);
+        match decode(&buf) {
+            Ok(Event::Context(got)) => assert_eq!(got, ev),
+            _ => panic!("context event rejected"),
+        }
+        assert!(matches!(decode(&buf[..20]), Err(DecodeError::Short { .. })));
+        let server = TraceCtxEvent {
+            kind: EVENT_SERVER_CTX,
+            ..ev
+        };
+        assert!(matches!(decode(&bytes_of(&server)), Ok(Event::Context(_))));
+    }
 }

@@ -417,4 +417,93 @@ mod tests {
         l.forget_process(1);
         assert_eq!(l.active_len(), 0);
     }
+
+    fn kernel(trace: u8, span: u8, parent: Option<u8>, linked: bool) -> KernelIds {
+        KernelIds {
+            trace_id: [trace; 16],
+            span_id: [span; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            flags: 1,
+            linked,
+        }
+    }
+
+    #[test]
+    fn kernel_ids_are_what_went_on_the_wire() {
+        let mut l = linker();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = head(vec![
+            ("traceparent".into(), tp.into()),
+            ("tracestate".into(), "k=v".into()),
+        ]);
+        // SERVER: the caller's trace and parent, the kernel's span id (the
+        // one its injected children name as parent).
+        let k = KernelIds {
+            trace_id: [
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36,
+            ],
+            ..kernel(0, 9, Some(1), false)
+        };
+        let server = l.on_request(&start(Role::Server, 10, 3, &traced), Some(k));
+        assert_eq!(server.span_id, [9; 8]);
+        assert_eq!(server.trace_id, k.trace_id);
+        assert_eq!(
+            server.parent_span_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_eq!(server.tracestate.as_deref(), Some("k=v"));
+        assert_eq!(l.stats.inject_context_mismatch.load(Ordering::Relaxed), 0);
+        // CLIENT injected as its child: the kernel's ids, the server's
+        // tracestate.
+        let none = head(vec![]);
+        let client = l.on_request(
+            &start(Role::Client, 10, 4, &none),
+            Some(KernelIds {
+                trace_id: k.trace_id,
+                ..kernel(0, 5, Some(9), true)
+            }),
+        );
+        assert_eq!(client.span_id, [5; 8]);
+        assert_eq!(client.parent_span_id, Some([9; 8]));
+        assert_eq!(client.trace_id, server.trace_id);
+        assert_eq!(client.tracestate.as_deref(), Some("k=v"));
+        assert_eq!(l.stats.links_in_process.load(Ordering::Relaxed), 1);
+        // An injected root stays a root even if the thread serves a request
+        // (the kernel saw it as ambiguous).
+        let root = l.on_request(
+            &start(Role::Client, 10, 6, &none),
+            Some(kernel(7, 6, None, false)),
+        );
+        assert_eq!(root.parent_span_id, None);
+        assert_eq!(root.trace_id, [7; 16]);
+    }
+
+    #[test]
+    fn kernel_and_agent_disagreeing_is_counted() {
+        let mut l = linker();
+        // Incoming B3 only: the agent continues it, the kernel (which reads
+        // only traceparent) chose a new trace for the requests it causes.
+        let b3 = format!("{}-{}-1", "a".repeat(32), "b".repeat(16));
+        let h = head(vec![("b3".into(), b3)]);
+        let ids = l.on_request(
+            &start(Role::Server, 1, 1, &h),
+            Some(kernel(3, 4, None, false)),
+        );
+        assert_eq!(ids.trace_id, [0xaa; 16]);
+        assert_eq!(ids.span_id, [4; 8]);
+        assert_eq!(l.stats.inject_context_mismatch.load(Ordering::Relaxed), 1);
+        // A CLIENT request with an app header the kernel does not know
+        // (a custom one) that was injected anyway: counted, wire ids win.
+        let own = head(vec![(
+            "b3".into(),
+            format!("{}-{}", "c".repeat(32), "d".repeat(16)),
+        )]);
+        let c = l.on_request(
+            &start(Role::Client, 2, 2, &own),
+            Some(kernel(8, 8, None, false)),
+        );
+        assert_eq!(c.trace_id, [8; 16]);
+        assert_eq!(l.stats.inject_conflicts.load(Ordering::Relaxed), 1);
+    }
 }

@@ -91,7 +91,7 @@ fn on_sock_ops(ctx: &SockOpsContext) {
         };
         // A new socket starts at a request boundary (and a reused 4-tuple
         // must not inherit the old socket's state).
-        if SOCK_STATE.insert(&key, &SockState::default(), 0).is_err() {
+        if SOCK_STATE.insert(key, SockState::default(), 0).is_err() {
             return;
         }
         // SAFETY: `ops` is this program's context, as the helper requires.
@@ -102,7 +102,7 @@ fn on_sock_ops(ctx: &SockOpsContext) {
         }
     } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE {
         if let Some(key) = ops_key(ctx) {
-            let _ = SOCK_STATE.remove(&key);
+            let _ = SOCK_STATE.remove(key);
         }
     }
 }
@@ -188,13 +188,13 @@ fn on_send(ctx: &SkMsgContext) {
         return;
     }
     // SAFETY: presence check only.
-    if cfg.filter_pids != 0 && unsafe { PID_FILTER.get(&tgid) }.is_none() {
+    if cfg.filter_pids != 0 && unsafe { PID_FILTER.get(tgid) }.is_none() {
         return;
     }
     let Some(key) = msg_key(ctx) else {
         return;
     };
-    let Some(state) = SOCK_STATE.get_ptr_mut(&key) else {
+    let Some(state) = SOCK_STATE.get_ptr_mut(key) else {
         // State evicted: where requests start is no longer known.
         return;
     };
@@ -349,7 +349,7 @@ fn inject(
         parent_id: [0; 8],
     };
     let mut len = TRACEPARENT_LINE;
-    match THREAD_CTX.get_ptr(&pid_tgid) {
+    match THREAD_CTX.get_ptr(pid_tgid) {
         // SAFETY: map value pointer from a successful lookup.
         Some(t) if unsafe { (*t).ambiguous } == 0 => {
             // SAFETY: as above; fields copied out.
@@ -503,16 +503,13 @@ fn ends_with_last_chunk(ctx: &SkMsgContext) -> bool {
         return false;
     }
     let skip = (7 - len) as usize;
-    for i in 0..7 {
-        if i < skip {
-            continue;
-        }
+    for (i, want) in want.iter().enumerate().skip(skip) {
         let p = data + i - skip;
         if p + 1 > ctx.data_end() {
             return false;
         }
         // SAFETY: inside the message data, checked just above.
-        if unsafe { *(p as *const u8) } != want[i] {
+        if unsafe { *(p as *const u8) } != *want {
             return false;
         }
     }
