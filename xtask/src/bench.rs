@@ -267,12 +267,13 @@ struct AgentRun {
     log: Arc<Mutex<String>>,
 }
 
-fn start_agent(bin: &Path, nice: i32) -> anyhow::Result<AgentRun> {
+fn start_agent(bin: &Path, nice: i32, inject: bool) -> anyhow::Result<AgentRun> {
     let mut child = Command::new("nice")
         .arg("-n")
         .arg(nice.to_string())
         .arg(bin)
         .args(["--output", "text", "--log-level", "info"])
+        .args(["--inject-context", if inject { "on" } else { "off" }])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -345,6 +346,8 @@ struct OnPhase {
     bpf: Vec<(String, u64, u64)>,
     ringbuf_drops: u64,
     spans_dropped: u64,
+    /// Requests the kernel injected a traceparent into.
+    injected: u64,
 }
 
 fn summary_counter(summary: &str, name: &str) -> u64 {
@@ -361,8 +364,9 @@ fn on_phase(
     a: &BenchArgs,
     dur: Duration,
     tck: f64,
+    inject: bool,
 ) -> anyhow::Result<OnPhase> {
-    let agent = start_agent(bin, a.agent_nice)?;
+    let agent = start_agent(bin, a.agent_nice, inject)?;
     let apid = agent.child.0.id();
     let (t0, _) = proc_usage(apid);
     let w0 = Instant::now();
@@ -415,6 +419,7 @@ fn on_phase(
         bpf,
         ringbuf_drops: summary_counter(summary, "ringbuf_drops"),
         spans_dropped: summary_counter(summary, "spans_dropped"),
+        injected: summary_counter(summary, "injected"),
     })
 }
 
@@ -455,12 +460,18 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let mut off = Vec::new();
     let mut off_sat = Vec::new();
     let mut on = Vec::new();
+    let mut inj = Vec::new();
     for round in 1..=a.rounds {
         eprintln!("round {round}/{}: tracer OFF", a.rounds);
         off.push(fixed_rate(port, a.rate, a.connections, dur));
         off_sat.push(saturate(port, dur)?);
         eprintln!("round {round}/{}: tracer ON", a.rounds);
-        on.push(on_phase(&bin, port, a, dur, tck)?);
+        on.push(on_phase(&bin, port, a, dur, tck, false)?);
+        eprintln!(
+            "round {round}/{}: tracer ON + --inject-context on",
+            a.rounds
+        );
+        inj.push(on_phase(&bin, port, a, dur, tck, true)?);
     }
     if let Some(old) = old_stats {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
@@ -600,6 +611,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             all_rt as f64 / all_rc as f64
         );
     }
+    inject_report(&mut r, a, &off, &off_sat, &inj);
     println!("{r}");
     let report = crate::util::root().join(&a.report);
     if let Some(parent) = report.parent() {
@@ -608,4 +620,88 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&report, &r).with_context(|| format!("writing {}", report.display()))?;
     eprintln!("report written to {}", report.display());
     Ok(())
+}
+
+/// The same load with context injection on (the load generator's and
+/// wrk's client sockets take the sk_msg path; nginx's reads go through the
+/// SERVER-context program), against the same off rounds.
+fn inject_report(
+    r: &mut String,
+    a: &BenchArgs,
+    off: &[LoadResult],
+    off_sat: &[f64],
+    inj: &[OnPhase],
+) {
+    let pick = |v: &[LoadResult], g: fn(&LoadResult) -> f64| v.iter().map(g).collect::<Vec<_>>();
+    let loads: Vec<LoadResult> = inj.iter().map(|p| p.load.clone()).collect();
+    let (off_p50, p50) = (pick(off, |l| l.p50_us), pick(&loads, |l| l.p50_us));
+    let (off_p99, p99) = (pick(off, |l| l.p99_us), pick(&loads, |l| l.p99_us));
+    let sat: Vec<f64> = inj.iter().map(|p| p.sat_rps).collect();
+    let ratio: Vec<f64> = sat.iter().zip(off_sat).map(|(n, f)| n / f).collect();
+    let cpu: Vec<f64> = inj.iter().map(|p| p.cpu_fixed).collect();
+    let completed: u64 = inj.iter().map(|p| p.load.completed).sum();
+    let injected: u64 = inj.iter().map(|p| p.injected).sum();
+    let errors: u64 = inj.iter().map(|p| p.load.errors).sum();
+    let _ = writeln!(
+        r,
+        "\n| with --inject-context on | off | inject on | inject − off |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| p50 latency µs at {} req/s | {:.1} | {:.1} [{}] | {:+.1} µs |",
+        a.rate,
+        median(&off_p50),
+        median(&p50),
+        list(&p50, 1),
+        median(&p50) - median(&off_p50)
+    );
+    let _ = writeln!(
+        r,
+        "| p99 latency µs at {} req/s | {:.1} | {:.1} [{}] | {:+.1} µs |",
+        a.rate,
+        median(&off_p99),
+        median(&p99),
+        list(&p99, 1),
+        median(&p99) - median(&off_p99)
+    );
+    let _ = writeln!(
+        r,
+        "| saturation req/s (wrk) | {:.0} | {:.0} [{}] | ratio {:.3} [{}] |",
+        median(off_sat),
+        median(&sat),
+        list(&sat, 0),
+        median(&ratio),
+        list(&ratio, 3)
+    );
+    let _ = writeln!(
+        r,
+        "| agent CPU at the fixed rate, cores | | {:.3} | |",
+        median(&cpu)
+    );
+    let _ = writeln!(
+        r,
+        "| requests injected (fixed rate + saturation) / fixed-rate requests | | {injected} / {completed} | |"
+    );
+    let _ = writeln!(r, "| request errors | | {errors} | |");
+    let mut totals: Vec<(String, u64, u64)> = Vec::new();
+    for p in inj {
+        for (name, rc, rt) in &p.bpf {
+            match totals.iter_mut().find(|(n, _, _)| n == name) {
+                Some(t) => {
+                    t.1 += rc;
+                    t.2 += rt;
+                }
+                None => totals.push((name.clone(), *rc, *rt)),
+            }
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\n| BPF program, inject on (fixed-rate phases) | runs | mean ns/run |"
+    );
+    let _ = writeln!(r, "|---|---|---|");
+    for (name, rc, rt) in totals.iter().filter(|t| t.1 > 0) {
+        let _ = writeln!(r, "| {name} | {rc} | {:.0} |", *rt as f64 / *rc as f64);
+    }
 }
