@@ -95,6 +95,12 @@ pub struct Args {
     )]
     pub propagators: Vec<String>,
 
+    /// Read HTTPS plaintext through uprobes on the OpenSSL API (SSL_read,
+    /// SSL_write and their _ex forms) in every libssl and in executables
+    /// that export it. Example: --tls off
+    #[arg(long, value_enum, default_value_t = Switch::On, env = "TRACER_TLS")]
+    pub tls: Switch,
+
     /// Insert a W3C `traceparent` (and `tracestate`) into outgoing
     /// plaintext HTTP/1 requests that carry no trace context, so downstream
     /// services continue the trace. Off by default: it changes bytes on the

@@ -57,6 +57,8 @@ pub struct Exchange {
     pub peer: Option<SocketAddr>,
     /// `peer`'s IP as text, formatted once per connection.
     pub peer_ip: Option<Arc<str>>,
+    /// Plaintext from a TLS library (HTTPS).
+    pub tls: bool,
 }
 
 #[derive(Debug)]
@@ -79,6 +81,7 @@ pub struct ConnMeta {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub peer_ip: Option<Arc<str>>,
+    pub tls: bool,
 }
 
 impl ConnMeta {
@@ -96,6 +99,7 @@ impl ConnMeta {
             local,
             peer,
             peer_ip: peer.map(|p| Arc::from(p.ip().to_string())),
+            tls: false,
         }
     }
 }
@@ -156,6 +160,7 @@ impl Conn {
             local: self.meta.local,
             peer: self.meta.peer,
             peer_ip: self.meta.peer_ip.clone(),
+            tls: self.meta.tls,
         });
     }
 

@@ -18,6 +18,7 @@ mod route;
 mod sockets;
 mod spans;
 mod stats;
+mod tls;
 
 use std::{
     sync::{atomic::AtomicUsize, Arc},
@@ -184,6 +185,22 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => tracing::warn!("kernel-side logs unavailable: {e}"),
     }
 
+    let mut tls = if args.tls == cli::Switch::On {
+        match tls::TlsProbes::load(&mut ebpf) {
+            Ok(mut t) => {
+                t.scan_all(&mut ebpf);
+                Some(t)
+            }
+            Err(e) => {
+                tracing::warn!("TLS capture unavailable: {e:#}");
+                None
+            }
+        }
+    } else {
+        tracing::info!("TLS capture off (--tls off): HTTPS traffic is not traced");
+        None
+    };
+
     let mut ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)
         .context("map EVENTS")?;
     let kernel_conns = BpfHashMap::try_from(ebpf.take_map(MAP_CONNS).context("map CONNS missing")?)
@@ -249,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
     // backing off to 50 ms when idle. The first event after idleness waits
     // at most 50 ms, well within the ring's capacity.
     let mut drain_delay = DRAIN_BUSY;
+    let mut notices = Vec::new();
     let mut last_drops = 0u64;
     tracing::info!(pid = std::process::id(), "tracer ready");
 
@@ -257,6 +275,26 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::time::sleep(drain_delay) => {
                 let read = drain_ring(&mut ring, &mut pipeline);
                 drain_delay = next_drain_delay(drain_delay, read);
+                pipeline.take_notices(&mut notices);
+                if let Some(t) = tls.as_mut() {
+                    let now = std::time::Instant::now();
+                    for (kind, tgid) in notices.drain(..) {
+                        match kind {
+                            tracer_common::EVENT_EXEC => t.on_exec(tgid, now),
+                            tracer_common::EVENT_DLOPEN => t.scan_pid(&mut ebpf, tgid),
+                            tracer_common::EVENT_TLS_SEEN => t.on_tls_seen(tgid),
+                            tracer_common::EVENT_PROC_EXIT => t.on_exit(&mut ebpf, tgid),
+                            _ => {}
+                        }
+                    }
+                    t.run_due(&mut ebpf, now);
+                    // Exec re-scans are due within milliseconds.
+                    if let Some(due) = t.next_due() {
+                        drain_delay = drain_delay.min(due.saturating_duration_since(now));
+                    }
+                } else {
+                    notices.clear();
+                }
             }
             _ = tick.tick() => {
                 pipeline.tick();
@@ -292,6 +330,9 @@ async fn main() -> anyhow::Result<()> {
     pipeline.drain();
     let kernel_summary = format_counters(&kernel_stats(&kstats));
     drop(pipeline);
+    if let Some(t) = tls.as_mut() {
+        t.detach_all(&mut ebpf);
+    }
     drop(ebpf);
     // Both consumers end once their channel is drained; the exporter
     // bounds its own flush by SHUTDOWN_FLUSH.

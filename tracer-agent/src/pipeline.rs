@@ -41,6 +41,9 @@ pub struct Sink {
     pub dropped: DropCounter,
 }
 
+/// Process notices held between two drains of the ring.
+const MAX_NOTICES: usize = 8192;
+
 /// Which counter a sink's drops go to.
 #[derive(Debug, Clone, Copy)]
 pub enum DropCounter {
@@ -69,6 +72,8 @@ pub struct Pipeline {
     kernel_ctx: KernelContexts,
     /// Reused buffer of the kernel ids for one data event.
     kernel_ids: Vec<crate::linker::KernelIds>,
+    /// Process notices for the TLS prober (bounded by `MAX_NOTICES`).
+    notices: Vec<(u8, u32)>,
     procs: ProcessCache,
     filters: Filters,
     kernel_conns: BpfHashMap<MapData, u64, ConnState>,
@@ -100,6 +105,7 @@ impl Pipeline {
             linker: Linker::new(propagators, stats.clone()),
             kernel_ctx: KernelContexts::default(),
             kernel_ids: Vec::new(),
+            notices: Vec::new(),
             procs,
             filters,
             kernel_conns,
@@ -125,6 +131,7 @@ impl Pipeline {
                 }
             }
             Ok(Event::Context(ev)) => self.kernel_ctx.on_event(&ev, &self.stats),
+            Ok(Event::Proc(ev)) => self.notice(ev.kind, ev.tgid),
             Ok(Event::Close(ev)) => {
                 self.conns.close(
                     ev.tgid,
@@ -153,6 +160,7 @@ impl Pipeline {
                     let _ = self.kernel_conns.remove(&conn_key(ev.tgid, fd));
                 }
                 self.procs.remove(ev.tgid);
+                self.notice(tracer_common::EVENT_PROC_EXIT, ev.tgid);
             }
             Err(e) => {
                 Stats::inc(&self.stats.decode_errors);
@@ -163,6 +171,22 @@ impl Pipeline {
             }
         }
         self.emit_done();
+    }
+
+    /// Queues a process notice (exec, dlopen, TLS handshake, exit) for the
+    /// TLS prober, which needs the loaded object and runs outside the
+    /// pipeline.
+    fn notice(&mut self, kind: u8, tgid: u32) {
+        if self.notices.len() >= MAX_NOTICES {
+            Stats::inc(&self.stats.notices_dropped);
+            return;
+        }
+        self.notices.push((kind, tgid));
+    }
+
+    /// Takes the queued process notices.
+    pub fn take_notices(&mut self, out: &mut Vec<(u8, u32)>) {
+        out.append(&mut self.notices);
     }
 
     fn on_data(&mut self, hdr: &tracer_common::DataHeader, payload: &[u8]) {
@@ -229,7 +253,8 @@ impl Pipeline {
             self.veto(ev);
             return;
         }
-        let meta = ConnMeta::new(ev.conn_id, ev.tgid, role_from_wire(ev.role), local, peer);
+        let mut meta = ConnMeta::new(ev.conn_id, ev.tgid, role_from_wire(ev.role), local, peer);
+        meta.tls = ev.tls != 0;
         self.conns.open(ev.fd, meta, &self.stats, &mut self.done);
     }
 

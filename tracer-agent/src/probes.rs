@@ -99,6 +99,13 @@ pub const PROBES: &[ProbeSpec] = &[
         tracepoint: "sched_process_exit",
         required: true,
     },
+    // New programs may bring TLS libraries (see tls.rs).
+    ProbeSpec {
+        program: "tracer_exec",
+        category: "sched",
+        tracepoint: "sched_process_exec",
+        required: false,
+    },
 ];
 
 pub struct LoadOptions {
@@ -172,6 +179,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_SCRATCH, possible_cpus)
         .map_max_entries(MAP_INFLIGHT, opts.config.inflight_mask + 1)
+        .map_max_entries(tracer_common::MAP_TLS_CALLS, opts.config.inflight_mask + 1)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .load(BPF_OBJECT)
         .map_err(ProbeError::Load)?;

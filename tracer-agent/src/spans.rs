@@ -151,7 +151,11 @@ impl SpanBuilder {
             ));
         }
         attrs.push(("url.path", AttrValue::Str(path.to_owned())));
-        attrs.push(("url.scheme", AttrValue::Static("http")));
+        attrs.push((
+            "url.scheme",
+            AttrValue::Static(if ex.tls { "https" } else { "http" }),
+        ));
+        attrs.push(("network.protocol.name", AttrValue::Static("http")));
         attrs.push((
             "http.response.status_code",
             AttrValue::Int(i64::from(ex.response.status)),
@@ -257,6 +261,7 @@ mod tests {
             local: Some("127.0.0.1:8080".parse().expect("addr")),
             peer: Some("127.0.0.1:40000".parse().expect("addr")),
             peer_ip: Some("127.0.0.1".into()),
+            tls: false,
             ids: SpanIds {
                 trace_id: [0xab; 16],
                 span_id: [0xcd; 8],

@@ -71,6 +71,9 @@ counters! {
     /// does not read (B3, Jaeger, custom, or a traceparent ranked below
     /// them): requests they cause carry a different trace downstream.
     inject_context_mismatch,
+    /// Process notices (exec, dlopen, exit) dropped because too many
+    /// arrived between two drains.
+    notices_dropped,
     /// CLIENT requests injected by the kernel that also carried an
     /// application header only the agent reads (a --trace-header name).
     inject_conflicts,

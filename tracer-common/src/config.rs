@@ -19,6 +19,12 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_STATS: &str = "STATS";
 /// Set of tgids to trace when `--pid` is given.
 pub const MAP_PID_FILTER: &str = "PID_FILTER";
+/// TLS library calls in progress, indexed like [`MAP_INFLIGHT`].
+pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
+/// Socket fd of each `SSL*` seen, keyed by (tgid, `SSL*`).
+pub const MAP_SSL_FDS: &str = "SSL_FDS";
+/// Size of [`MAP_SSL_FDS`].
+pub const MAX_SSL_FDS: u32 = 65_536;
 
 /// Default size of [`MAP_CONNS`]; the agent can change it at load time.
 pub const DEFAULT_MAX_CONNS: u32 = 65_536;

@@ -14,6 +14,13 @@ pub const PROTO_HTTP2: u8 = 2;
 /// Not a protocol we parse (or vetoed by the agent): nothing is copied.
 pub const PROTO_IGNORED: u8 = 0xff;
 
+/// `ConnState::tls`: a TLS library call was seen on the socket (its
+/// syscall bytes are ciphertext).
+pub const TLS_SOCKET: u8 = 1;
+/// `ConnState::tls`: the TLS probes' plaintext has been classified
+/// (`proto` describes it).
+pub const TLS_PLAINTEXT: u8 = 2;
+
 /// Seen at `accept`/`accept4`.
 pub const ORIGIN_ACCEPT: u8 = 1;
 /// Seen at `connect`.
@@ -72,7 +79,10 @@ pub struct ConnState {
     pub origin: u8,
     /// Classification attempts so far (see [`MAX_CLASSIFY_ATTEMPTS`]).
     pub attempts: u8,
-    pub _pad: u8,
+    /// Non-zero once a TLS library call was seen on this socket: its
+    /// syscall bytes are ciphertext (never copied); payload comes from the
+    /// TLS probes and `proto` describes the plaintext.
+    pub tls: u8,
     /// Data events emitted for this connection, so the agent can detect a
     /// lost event (ring buffer full) and resynchronise its parser.
     pub seq: u32,

@@ -16,6 +16,15 @@ pub const EVENT_CONN_OPEN: u8 = 1;
 pub const EVENT_DATA: u8 = 2;
 pub const EVENT_CONN_CLOSE: u8 = 3;
 pub const EVENT_PROC_EXIT: u8 = 4;
+/// A process called `execve` (layout [`ProcEvent`]): its libraries may
+/// need TLS probes.
+pub const EVENT_EXEC: u8 = 7;
+/// A process's `dlopen` returned (layout [`ProcEvent`]): it may have
+/// loaded a TLS library.
+pub const EVENT_DLOPEN: u8 = 8;
+/// A socket's first bytes were a TLS handshake (layout [`ProcEvent`]); the
+/// agent checks whether that process's TLS library is probed.
+pub const EVENT_TLS_SEEN: u8 = 9;
 
 /// Bytes read by the traced process (it received them).
 pub const DIR_INGRESS: u8 = 0;
@@ -37,6 +46,10 @@ pub const SRC_SENDTO: u8 = 6;
 pub const SRC_RECVMSG: u8 = 7;
 pub const SRC_SENDMSG: u8 = 8;
 pub const SRC_SENDFILE: u8 = 9;
+/// Plaintext passed to `SSL_write`/`SSL_write_ex` (uprobe).
+pub const SRC_SSL_WRITE: u8 = 10;
+/// Plaintext returned by `SSL_read`/`SSL_read_ex` (uretprobe).
+pub const SRC_SSL_READ: u8 = 11;
 
 /// A connection was classified as a protocol we parse; sent once, before its
 /// first data event.
@@ -55,7 +68,9 @@ pub struct ConnOpenEvent {
     pub raddr: [u8; 16],
     pub rport: u16,
     pub proto: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero: the payload comes from a TLS library (plaintext).
+    pub tls: u8,
+    pub _pad: [u8; 4],
     pub comm: [u8; 16],
 }
 
@@ -105,6 +120,17 @@ pub struct ProcExitEvent {
     pub ts: u64,
 }
 
+/// A process-level notice ([`EVENT_EXEC`], [`EVENT_DLOPEN`],
+/// [`EVENT_TLS_SEEN`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub ts: u64,
+}
+
 /// Per-CPU scratch value used to assemble a data event: the header, then room
 /// for two capture caps so that `offset < MAX_CAPTURE` plus
 /// `len <= MAX_CAPTURE` is provably in bounds for the verifier.
@@ -118,5 +144,6 @@ const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcExitEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);

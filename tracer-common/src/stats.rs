@@ -36,8 +36,13 @@ pub const STAT_INJECT_FAILED: u32 = 14;
 /// Inbound `tracestate` longer than the kernel carries (not propagated).
 pub const STAT_TRACESTATE_TOO_LONG: u32 = 15;
 
+/// TLS plaintext dropped: the socket behind the `SSL*` was never seen.
+pub const STAT_TLS_NO_FD: u32 = 16;
+/// TLS library calls captured (plaintext events).
+pub const STAT_TLS_CALLS: u32 = 17;
+
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 18;
 
 /// Human names, indexed like the counters.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -57,4 +62,6 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "inject_skip_unsure",
     "inject_failed",
     "tracestate_too_long",
+    "tls_no_fd",
+    "tls_calls",
 ];

@@ -12,19 +12,24 @@ use aya_ebpf::{
     },
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    conn_key, ConnOpenEvent, ConnState, DataHeader, DataScratch, DATA_FLAG_GAP,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_OPEN, EVENT_DATA, FAMILY_INET,
-    FAMILY_INET6, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_ACCEPT,
+    conn_key, ConnOpenEvent, ConnState, DataHeader, DataScratch, ProcEvent, DATA_FLAG_GAP,
+    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_OPEN, EVENT_DATA, EVENT_TLS_SEEN,
+    FAMILY_INET, FAMILY_INET6, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_ACCEPT,
     ORIGIN_CONNECT, ORIGIN_INFERRED, PROTO_HTTP1, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT,
     ROLE_SERVER, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG,
-    SRC_SENDTO, SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
-    STAT_CONN_INSERT_FAILED, STAT_READ_FAILED, STAT_RINGBUF_DROPS, STAT_TRUNCATED, TAIL_SERVER_CTX,
+    SRC_SENDTO, SRC_SSL_READ, SRC_SSL_WRITE, SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP,
+    STAT_CONNS_IGNORED, STAT_CONNS_INFERRED, STAT_CONN_INSERT_FAILED, STAT_READ_FAILED,
+    STAT_RINGBUF_DROPS, STAT_TRUNCATED, TAIL_SERVER_CTX, TLS_PLAINTEXT,
 };
 
-use super::{context::server_done, ctx_nr, ctx_u64, CALL_ACCEPT, CALL_CONNECT, OFF_RET, RB_FLAGS};
+use super::{
+    context::server_done, ctx_nr, ctx_u64, tls::inside_tls_call, CALL_ACCEPT, CALL_CONNECT,
+    OFF_RET, RB_FLAGS,
+};
 use crate::{
     classify::classify,
     maps::{bump, config, take_inflight, PendingCall, CONNS, EVENTS, SCRATCH, TAIL_PROGS},
@@ -80,12 +85,40 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
         _ => {
-            if ret > 0 {
-                on_data(ctx, pid_tgid, &call, ret as u64);
+            if ret > 0 && !inside_tls_call(pid_tgid, call.fd) {
+                let Some(target) = on_data(ctx, pid_tgid, &call, ret as u64) else {
+                    return Ok(());
+                };
+                let Some(scratch) = fill_scratch(pid_tgid, &call, ret as u64, &target) else {
+                    return Ok(());
+                };
+                if config().inject_context != 0 && target.server {
+                    if !target.ingress {
+                        // The thread is answering: it no longer serves
+                        // this request.
+                        server_done(pid_tgid, target.conn_id);
+                    } else if starts_request(scratch) {
+                        // Choose the SERVER span's ids now (see
+                        // context.rs); that program sends the data event
+                        // too. Falls through if the table slot is empty.
+                        // SAFETY: tail call with our own context; returns
+                        // only on failure.
+                        unsafe { TAIL_PROGS.tail_call(ctx, TAIL_SERVER_CTX) };
+                    }
+                }
+                output_scratch(scratch);
             }
         }
     }
     Ok(())
+}
+
+/// Where a data event goes.
+pub struct DataTarget {
+    pub conn_id: u64,
+    pub seq: u32,
+    pub server: bool,
+    pub ingress: bool,
 }
 
 /// Starts tracking a socket seen at accept/connect. The remote address comes
@@ -137,7 +170,9 @@ fn track_socket(tgid: u32, fd: u32, sockaddr: u64, role: u8, origin: u8) {
 #[inline(always)]
 fn first_segment(call: &PendingCall) -> Option<(u64, u64)> {
     match call.kind {
-        SRC_READ | SRC_WRITE | SRC_RECVFROM | SRC_SENDTO => Some((call.ptr, call.len)),
+        SRC_READ | SRC_WRITE | SRC_RECVFROM | SRC_SENDTO | SRC_SSL_READ | SRC_SSL_WRITE => {
+            Some((call.ptr, call.len))
+        }
         SRC_READV | SRC_WRITEV => {
             if call.len == 0 {
                 return None;
@@ -160,26 +195,53 @@ fn first_segment(call: &PendingCall) -> Option<(u64, u64)> {
 
 #[inline(always)]
 fn is_ingress(kind: u8) -> bool {
-    matches!(kind, SRC_READ | SRC_RECVFROM | SRC_READV | SRC_RECVMSG)
+    matches!(
+        kind,
+        SRC_READ | SRC_RECVFROM | SRC_READV | SRC_RECVMSG | SRC_SSL_READ
+    )
+}
+
+/// The first 8 payload bytes (fewer cannot be told apart reliably); all
+/// zero when they cannot be read, which classifies as nothing. (Not an
+/// `Option`: LLVM then leaves the bytes unset on the failure path, which
+/// the verifier refuses.)
+#[inline(always)]
+fn peek(call: &PendingCall, ret: u64) -> [u8; 8] {
+    let Some((ptr, len)) = first_segment(call) else {
+        return [0; 8];
+    };
+    if len < 8 || ret < 8 {
+        return [0; 8];
+    }
+    // SAFETY: bpf_probe_read_user checks the user pointer.
+    unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }.unwrap_or([0; 8])
 }
 
 /// Reads the first 8 payload bytes and classifies them.
 #[inline(always)]
 fn peek_class(call: &PendingCall, ret: u64) -> Option<crate::classify::Class> {
-    let (ptr, len) = first_segment(call)?;
-    // Fewer than 8 valid bytes cannot be told apart reliably.
-    if len < 8 || ret < 8 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_user checks the user pointer.
-    let head = unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }.ok()?;
-    classify(&head)
+    classify(&peek(call, ret))
 }
 
-fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64) {
+/// A TLS record header carrying a handshake (`0x16 0x03 0x0?`).
+#[inline(always)]
+fn is_tls_handshake(head: &[u8; 8]) -> bool {
+    head[0] == 0x16 && head[1] == 0x03 && head[2] <= 0x04
+}
+
+/// Tracks and classifies the connection of a captured call; returns where
+/// its data event goes, or `None` when nothing is to be sent. Shared by the
+/// syscall exit hook and the TLS return probe (`C` is either context).
+pub fn on_data<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    call: &PendingCall,
+    ret: u64,
+) -> Option<DataTarget> {
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, call.fd);
     let ingress = is_ingress(call.kind);
+    let tls = matches!(call.kind, SRC_SSL_READ | SRC_SSL_WRITE);
     let st_ptr = match CONNS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
@@ -187,9 +249,7 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
             // agent, or an fd that is not a socket at all. Only bytes that
             // look like HTTP start tracking; the agent then checks the fd
             // really is a socket and vetoes it otherwise.
-            let Some(class) = peek_class(call, ret) else {
-                return;
-            };
+            let class = peek_class(call, ret)?;
             let now = unsafe { bpf_ktime_get_ns() };
             let role = if class.is_request == ingress {
                 ROLE_SERVER
@@ -202,33 +262,42 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
                 role,
                 origin: ORIGIN_INFERRED,
                 proto: class.proto,
+                tls: if tls { TLS_PLAINTEXT } else { 0 },
                 ..ConnState::default()
             };
             if CONNS.insert(key, st, 0).is_err() {
                 bump(STAT_CONN_INSERT_FAILED);
-                return;
+                return None;
             }
             bump(STAT_CONNS_INFERRED);
             bump(STAT_CONNS_HTTP);
             debug!(ctx, "inferred HTTP connection tgid={} fd={}", tgid, call.fd);
             emit_open(pid_tgid, call.fd, &st);
-            match CONNS.get_ptr_mut(key) {
-                Some(p) => p,
-                None => return,
-            }
+            CONNS.get_ptr_mut(key)?
         }
     };
     // SAFETY: the pointer comes from a successful map lookup; concurrent
     // updates from another thread on the same socket only race on counters.
     let st = unsafe { &mut *st_ptr };
+    if tls && st.tls != TLS_PLAINTEXT {
+        // First plaintext from a TLS library on this socket: whatever the
+        // ciphertext was classified as, the plaintext decides now.
+        st.tls = TLS_PLAINTEXT;
+        st.proto = PROTO_UNKNOWN;
+        st.attempts = 0;
+    } else if !tls && st.tls != 0 {
+        // Ciphertext of a TLS connection: never parsed.
+        return None;
+    }
     if st.proto == PROTO_IGNORED {
-        return;
+        return None;
     }
     if st.proto == PROTO_UNKNOWN {
         if call.kind == SRC_SENDFILE {
-            return;
+            return None;
         }
-        match peek_class(call, ret) {
+        let head = peek(call, ret);
+        match classify(&head) {
             Some(class) => {
                 st.proto = class.proto;
                 bump(STAT_CONNS_HTTP);
@@ -241,15 +310,38 @@ fn on_data(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, ret: u64)
                     // database protocols, DNS...): stop looking at it.
                     st.proto = PROTO_IGNORED;
                     bump(STAT_CONNS_IGNORED);
+                    if !tls && is_tls_handshake(&head) {
+                        // The agent checks the process's TLS library is
+                        // probed (and says so once if it is not).
+                        emit_proc(EVENT_TLS_SEEN, tgid);
+                    }
                 }
-                return;
+                return None;
             }
         }
     }
     let seq = st.seq;
     st.seq = seq.wrapping_add(1);
-    let server = st.role == ROLE_SERVER;
-    emit_data(ctx, pid_tgid, call, ret, st.conn_id, seq, ingress, server);
+    Some(DataTarget {
+        conn_id: st.conn_id,
+        seq,
+        server: st.role == ROLE_SERVER,
+        ingress,
+    })
+}
+
+/// Sends a process-level notice.
+#[inline(always)]
+pub fn emit_proc(kind: u8, tgid: u32) {
+    let ev = ProcEvent {
+        kind,
+        _pad: [0; 3],
+        tgid,
+        ts: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output::<ProcEvent>(&ev, RB_FLAGS).is_err() {
+        bump(STAT_RINGBUF_DROPS);
+    }
 }
 
 #[inline(always)]
@@ -267,7 +359,8 @@ fn emit_open(pid_tgid: u64, fd: u32, st: &ConnState) {
         raddr: st.raddr,
         rport: st.rport,
         proto: st.proto,
-        _pad: [0; 5],
+        tls: st.tls,
+        _pad: [0; 4],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<ConnOpenEvent>(&ev, RB_FLAGS).is_err() {
@@ -303,7 +396,7 @@ fn copy_user(scratch: &mut DataScratch, off: usize, len: usize, src: u64) -> boo
 fn capture(scratch: &mut DataScratch, call: &PendingCall, ret: u64, cap: usize) -> usize {
     let total = if ret > cap as u64 { cap } else { ret as usize };
     let (iov_ptr, iov_cnt) = match call.kind {
-        SRC_READ | SRC_WRITE | SRC_RECVFROM | SRC_SENDTO => {
+        SRC_READ | SRC_WRITE | SRC_RECVFROM | SRC_SENDTO | SRC_SSL_READ | SRC_SSL_WRITE => {
             return if copy_user(scratch, 0, total, call.ptr) {
                 total
             } else {
@@ -346,25 +439,17 @@ fn capture(scratch: &mut DataScratch, call: &PendingCall, ret: u64, cap: usize) 
     off
 }
 
+/// Assembles the data event in this CPU's scratch slot (header and
+/// payload); the caller sends it.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined into one probe; a struct would only move the same fields"
-)]
-fn emit_data(
-    ctx: &TracePointContext,
+pub fn fill_scratch(
     pid_tgid: u64,
     call: &PendingCall,
     ret: u64,
-    conn_id: u64,
-    seq: u32,
-    ingress: bool,
-    server: bool,
-) {
+    target: &DataTarget,
+) -> Option<&'static mut DataScratch> {
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
-        return;
-    };
+    let scratch = SCRATCH.get_ptr_mut(cpu)?;
     // SAFETY: this CPU's slot; programs do not migrate while running.
     let scratch = unsafe { &mut *scratch };
     let cfg = config();
@@ -387,15 +472,19 @@ fn emit_data(
     }
     scratch.header = DataHeader {
         kind: EVENT_DATA,
-        direction: if ingress { DIR_INGRESS } else { DIR_EGRESS },
+        direction: if target.ingress {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        },
         source: call.kind,
         flags,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         fd: call.fd,
-        conn_id,
+        conn_id: target.conn_id,
         // Reads complete at exit; a write's first byte leaves at entry.
-        ts: if ingress {
+        ts: if target.ingress {
             unsafe { bpf_ktime_get_ns() }
         } else {
             call.ts
@@ -406,28 +495,16 @@ fn emit_data(
             ret as u32
         },
         captured_len: captured as u32,
-        seq,
+        seq: target.seq,
         _pad: 0,
     };
-    if cfg.inject_context != 0 && server {
-        if !ingress {
-            // The thread is answering: it no longer serves this request.
-            server_done(pid_tgid, conn_id);
-        } else if starts_request(scratch, captured) {
-            // Choose the SERVER span's ids now (see context.rs); that
-            // program sends the data event too. Falls through if the
-            // table slot is empty.
-            // SAFETY: tail call with our own context; returns only on failure.
-            unsafe { TAIL_PROGS.tail_call(ctx, TAIL_SERVER_CTX) };
-        }
-    }
-    output_scratch(scratch);
+    Some(scratch)
 }
 
 /// The captured bytes start an HTTP/1 request (method and space).
 #[inline(always)]
-fn starts_request(scratch: &DataScratch, captured: usize) -> bool {
-    if captured < 16 {
+fn starts_request(scratch: &DataScratch) -> bool {
+    if scratch.header.captured_len < 16 {
         return false;
     }
     let mut head = [0u8; 8];

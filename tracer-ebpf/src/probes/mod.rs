@@ -3,6 +3,7 @@ pub mod context;
 pub mod inject;
 pub mod lifecycle;
 pub mod syscalls;
+pub mod tls;
 
 /// Layout of the `syscalls:sys_enter_*` / `sys_exit_*` tracepoint records
 /// (see `/sys/kernel/tracing/events/syscalls/*/format`): an 8-byte common
