@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),
     };
-    let (mut ebpf, report) = probes::load(&opts).context("starting the kernel side")?;
+    let (mut ebpf, mut report) = probes::load(&opts).context("starting the kernel side")?;
     for (name, why) in &report.failed {
         tracing::warn!("optional probe {name} not attached: {why}");
     }
@@ -333,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(t) = tls.as_mut() {
         t.detach_all(&mut ebpf);
     }
+    probes::detach_tracepoints(&mut ebpf, std::mem::take(&mut report.links));
     drop(ebpf);
     // Both consumers end once their channel is drained; the exporter
     // bounds its own flush by SHUTDOWN_FLUSH.

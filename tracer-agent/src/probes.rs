@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     maps::{Array, HashMap},
-    programs::TracePoint,
+    programs::{trace_point::TracePointLinkId, TracePoint},
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -133,6 +133,34 @@ pub fn inflight_slots() -> u32 {
 pub struct AttachReport {
     pub attached: Vec<String>,
     pub failed: Vec<(String, String)>,
+    /// The links, so shutdown can close them concurrently.
+    pub links: Vec<(&'static str, TracePointLinkId)>,
+}
+
+/// Closes links from several threads at once: each detach waits for the
+/// kernel to quiesce (tens to hundreds of ms), which one after another
+/// made shutdown take seconds.
+pub fn drop_concurrently<L: Send>(mut links: Vec<L>) {
+    let per_thread = links.len().div_ceil(16).max(1);
+    std::thread::scope(|s| {
+        while !links.is_empty() {
+            let part: Vec<L> = links.drain(..per_thread.min(links.len())).collect();
+            s.spawn(move || drop(part));
+        }
+    });
+}
+
+/// Takes the tracepoint links out of their programs and closes them
+/// concurrently.
+pub fn detach_tracepoints(ebpf: &mut Ebpf, links: Vec<(&'static str, TracePointLinkId)>) {
+    let mut owned = Vec::new();
+    for (name, id) in links {
+        let prog: Option<&mut TracePoint> = ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+        if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
+            owned.push(link);
+        }
+    }
+    drop_concurrently(owned);
 }
 
 /// tracefs must be mounted for tracepoints; mount it if it is missing.
@@ -180,6 +208,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
         .map_max_entries(MAP_SCRATCH, possible_cpus)
         .map_max_entries(MAP_INFLIGHT, opts.config.inflight_mask + 1)
         .map_max_entries(tracer_common::MAP_TLS_CALLS, opts.config.inflight_mask + 1)
+        .map_max_entries(tracer_common::MAP_LAST_READ, opts.config.inflight_mask + 1)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .load(BPF_OBJECT)
         .map_err(ProbeError::Load)?;
@@ -208,6 +237,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
     let mut report = AttachReport {
         attached: Vec::new(),
         failed: Vec::new(),
+        links: Vec::new(),
     };
     let mut loaded: Vec<&'static str> = Vec::new();
     for spec in PROBES {
@@ -228,7 +258,10 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
             loaded.push(spec.program);
         }
         match prog.attach(spec.category, spec.tracepoint) {
-            Ok(_) => report.attached.push(name),
+            Ok(id) => {
+                report.attached.push(name);
+                report.links.push((spec.program, id));
+            }
             Err(source) if spec.required => {
                 return Err(ProbeError::RequiredAttach {
                     category: spec.category,

@@ -420,13 +420,21 @@ impl TlsProbes {
         );
     }
 
-    /// Detaches everything (the links would go with the programs anyway).
+    /// Detaches everything. Each uprobe detach waits for the kernel to
+    /// quiesce (hundreds of ms), so the links are closed from several
+    /// threads at once instead of one after another.
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
+        let mut links = Vec::new();
         for (_, a) in self.attached.drain() {
             for (prog, id) in a.links {
-                detach(ebpf, prog, id);
+                if let Some(p) = program(ebpf, prog) {
+                    if let Ok(link) = p.take_link(id) {
+                        links.push(link);
+                    }
+                }
             }
         }
+        crate::probes::drop_concurrently(links);
     }
 }
 

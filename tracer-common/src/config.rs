@@ -21,6 +21,8 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_PID_FILTER: &str = "PID_FILTER";
 /// TLS library calls in progress, indexed like [`MAP_INFLIGHT`].
 pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
+/// Each thread's last read outside TLS calls, indexed like [`MAP_INFLIGHT`].
+pub const MAP_LAST_READ: &str = "LAST_READ";
 /// Socket fd of each `SSL*` seen, keyed by (tgid, `SSL*`).
 pub const MAP_SSL_FDS: &str = "SSL_FDS";
 /// Size of [`MAP_SSL_FDS`].

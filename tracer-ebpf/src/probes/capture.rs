@@ -27,8 +27,10 @@ use tracer_common::{
 };
 
 use super::{
-    context::server_done, ctx_nr, ctx_u64, tls::inside_tls_call, CALL_ACCEPT, CALL_CONNECT,
-    OFF_RET, RB_FLAGS,
+    context::server_done,
+    ctx_nr, ctx_u64,
+    tls::{inside_tls_call, note_read},
+    CALL_ACCEPT, CALL_CONNECT, OFF_RET, RB_FLAGS,
 };
 use crate::{
     classify::classify,
@@ -86,6 +88,9 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
         }
         _ => {
             if ret > 0 && !inside_tls_call(pid_tgid, call.fd) {
+                if is_ingress(call.kind) {
+                    note_read(pid_tgid, call.fd);
+                }
                 let Some(target) = on_data(ctx, pid_tgid, &call, ret as u64) else {
                     return Ok(());
                 };

@@ -68,6 +68,53 @@ pub static SSL_FDS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_S
 
 const NO_FD: u32 = u32::MAX;
 
+/// The last read-family syscall of a thread (outside TLS calls).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastRead {
+    pub pid_tgid: u64,
+    pub ts: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// Indexed like [`TLS_CALLS`]. For TLS libraries that do their socket I/O
+/// outside `SSL_read` (memory BIOs, as node does): the ciphertext a thread
+/// read just before `SSL_read` came from the socket behind that `SSL*`.
+#[map]
+pub static LAST_READ: Array<LastRead> =
+    Array::with_max_entries(tracer_common::DEFAULT_MAX_INFLIGHT, 0);
+
+/// How recent that read must be (event loops feed the TLS library right
+/// after the read, in the same callback).
+const LAST_READ_MAX_AGE_NS: u64 = 5_000_000;
+
+/// Called from the `sys_exit_*` hook for reads that moved bytes outside a
+/// TLS call.
+#[inline(always)]
+pub fn note_read(pid_tgid: u64, fd: u32) {
+    if let Some(r) = LAST_READ.get_ptr_mut((pid_tgid as u32) & config().inflight_mask) {
+        // SAFETY: valid map value pointer; a racing thread sharing the slot
+        // can only make the owner check below fail.
+        unsafe {
+            (*r).pid_tgid = pid_tgid;
+            (*r).ts = bpf_ktime_get_ns();
+            (*r).fd = fd;
+        }
+    }
+}
+
+/// The socket of an `SSL_read` that made no syscall: the thread's read
+/// just before the call, if it is recent.
+#[inline(always)]
+fn recent_read_fd(pid_tgid: u64, call_ts: u64) -> Option<u32> {
+    let r = LAST_READ.get_ptr((pid_tgid as u32) & config().inflight_mask)?;
+    // SAFETY: valid map value pointer; fields copied out.
+    let r = unsafe { *r };
+    (r.pid_tgid == pid_tgid && r.ts <= call_ts && call_ts - r.ts < LAST_READ_MAX_AGE_NS)
+        .then_some(r.fd)
+}
+
 #[inline(always)]
 fn slot(pid_tgid: u64) -> Option<*mut TlsCall> {
     TLS_CALLS.get_ptr_mut((pid_tgid as u32) & config().inflight_mask)
@@ -179,8 +226,17 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
         match unsafe { SSL_FDS.get(key) } {
             Some(fd) => *fd,
             None => {
-                bump(STAT_TLS_NO_FD);
-                return None;
+                let recent = if call.kind == SRC_SSL_READ {
+                    recent_read_fd(pid_tgid, call.ts)
+                } else {
+                    None
+                };
+                let Some(fd) = recent else {
+                    bump(STAT_TLS_NO_FD);
+                    return None;
+                };
+                let _ = SSL_FDS.insert(key, fd, 0);
+                fd
             }
         }
     };
