@@ -15,6 +15,9 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"),
     ("bpftool", "bpftool"),
     ("curl", "curl"),
+    // A Go binary (crypto/tls, no OpenSSL): the TLS tests check that its
+    // traffic is reported as not visible rather than mis-parsed.
+    ("hey", "hey"),
 ];
 
 /// Where setup keeps what it builds: outside the work tree, so a fresh
@@ -130,7 +133,7 @@ pub fn toolchain() -> anyhow::Result<()> {
     bpf_linker()
 }
 
-/// Test peers from Debian (nginx, wrk, h2load, bpftool, curl).
+/// Test peers from Debian (nginx, wrk, h2load, bpftool, curl, hey).
 fn peers() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PEERS
         .iter()

@@ -1,0 +1,430 @@
+//! HTTPS through the OpenSSL uprobes: real TLS clients and servers
+//! (curl, nginx, Python's `ssl`, node with its static OpenSSL) on loopback.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use tracer_tests::*;
+
+/// A self-signed certificate and key for 127.0.0.1 in `dir`.
+fn cert(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl req failed");
+    (cert, key)
+}
+
+/// nginx serving HTTPS on 127.0.0.1:`port`.
+fn nginx_tls(port: u16, dir: &TempDir) -> Proc {
+    let (cert, key) = cert(dir);
+    let d = dir.0.display();
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
+http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+    location /hello {{ return 200 \"hello\\n\"; }}\n    location /missing {{ return 404; }}\n  }}\n}}\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(dir.0.join("nginx.conf"), conf).expect("nginx.conf");
+    let p = Proc::spawn(
+        "nginx (TLS)",
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(dir.0.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    p
+}
+
+fn assert_https(sp: &Value, method: &str, path: &str, status: i64) {
+    assert_eq!(attr(sp, "http.request.method"), method, "{sp:#}");
+    assert_eq!(attr(sp, "url.path"), path, "{sp:#}");
+    assert_eq!(attr_i(sp, "http.response.status_code"), status, "{sp:#}");
+    assert_eq!(attr(sp, "url.scheme"), "https", "{sp:#}");
+    assert_eq!(attr(sp, "network.protocol.name"), "http", "{sp:#}");
+}
+
+#[test]
+fn curl_to_nginx_over_tls_started_after_the_agent() {
+    if !require_root("curl_to_nginx_over_tls_started_after_the_agent") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    // The server starts after the agent.
+    let port = free_port();
+    let dir = TempDir::new("nginx-tls");
+    let _nginx = nginx_tls(port, &dir);
+    // Three requests on one keep-alive connection.
+    let base = format!("https://127.0.0.1:{port}");
+    let (curl_pid, _) = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("{base}/hello/1"),
+        &format!("{base}/hello/2"),
+        &format!("{base}/missing"),
+    ]);
+    let servers = agent.wait_for(3, |sp| is_span(sp, "SERVER", "nginx", port));
+    let clients = agent.wait_for(3, |sp| {
+        s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(curl_pid)
+    });
+    thread::sleep(Duration::from_millis(300));
+    // Exactly one span per request and side.
+    assert_eq!(
+        agent
+            .spans()
+            .iter()
+            .filter(|sp| is_span(sp, "SERVER", "nginx", port))
+            .count(),
+        3
+    );
+    assert_eq!(clients.len(), 3, "{clients:#?}");
+    for (i, (path, status)) in [("/hello/1", 200), ("/hello/2", 200), ("/missing", 404)]
+        .iter()
+        .enumerate()
+    {
+        assert_https(&servers[i], "GET", path, *status);
+        assert_https(&clients[i], "GET", path, *status);
+        assert_eq!(attr_i(&clients[i], "server.port"), i64::from(port));
+    }
+    // One connection: the same client port for all three.
+    let ports: Vec<i64> = servers.iter().map(|sp| attr_i(sp, "client.port")).collect();
+    assert!(ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+}
+
+const PY_TLS_SERVER: &str = r#"
+import sys, ssl, http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b"secure\n"
+        self.send_response(201 if self.path.startswith("/created") else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+srv = S(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+const PY_TLS_CLIENT: &str = r#"
+import sys, ssl, http.client
+ctx = ssl._create_unverified_context()
+c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx)
+for path in sys.argv[2:]:
+    c.request("GET", path)
+    c.getresponse().read()
+"#;
+
+fn python_tls_server(port: u16, dir: &TempDir) -> Proc {
+    let (cert, key) = cert(dir);
+    let p = Proc::spawn(
+        "python TLS server",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_TLS_SERVER)
+            .arg(port.to_string())
+            .arg(cert)
+            .arg(key)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    p
+}
+
+fn run_to_end(name: &str, cmd: &mut Command) -> u32 {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect(name);
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pid
+}
+
+#[test]
+fn python_http_client_to_python_ssl_server() {
+    if !require_root("python_http_client_to_python_ssl_server") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let dir = TempDir::new("py-tls");
+    let server = python_tls_server(port, &dir);
+    let client = run_to_end(
+        "python https client",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_TLS_CLIENT)
+            .arg(port.to_string())
+            .args(["/a", "/created/7"]),
+    );
+    let servers = agent.wait_for(2, |sp| {
+        s(sp, "kind") == "SERVER" && pid(sp) == u64::from(server.pid())
+    });
+    let clients = agent.wait_for(2, |sp| {
+        s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(client)
+    });
+    assert_https(&servers[0], "GET", "/a", 200);
+    assert_https(&servers[1], "GET", "/created/7", 201);
+    assert_https(&clients[0], "GET", "/a", 200);
+    assert_https(&clients[1], "GET", "/created/7", 201);
+    assert_eq!(s(&servers[1], "name"), "GET /created/{id}");
+}
+
+const NODE_SERVER: &str = r#"
+const https = require('https'), fs = require('fs');
+const [port, cert, key] = process.argv.slice(1);
+https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {
+  res.writeHead(req.url.startsWith('/missing') ? 404 : 200, { 'Content-Type': 'text/plain' });
+  res.end('node ' + req.url + '\n');
+}).listen(+port, '127.0.0.1');
+"#;
+
+const NODE_CLIENT: &str = r#"
+const https = require('https');
+const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+const [port, n] = process.argv.slice(1);
+let i = 0;
+function next() {
+  if (i >= +n) { agent.destroy(); return; }
+  https.get({ host: '127.0.0.1', port: +port, path: '/from-node/' + (i++), agent,
+              rejectUnauthorized: false },
+    res => { res.resume(); res.on('end', next); })
+    .on('error', e => { console.error(e); process.exit(1); });
+}
+next();
+"#;
+
+#[test]
+fn node_with_static_openssl_both_sides() {
+    if !require_root("node_with_static_openssl_both_sides") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let dir = TempDir::new("node-tls");
+    let (cert, key) = cert(&dir);
+    let server = Proc::spawn(
+        "node https server",
+        Command::new("node")
+            .arg("-e")
+            .arg(NODE_SERVER)
+            .arg(port.to_string())
+            .arg(cert)
+            .arg(key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    let base = format!("https://127.0.0.1:{port}");
+    curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("{base}/x"),
+        &format!("{base}/missing"),
+    ]);
+    let servers = agent.wait_for(2, |sp| {
+        s(sp, "kind") == "SERVER" && pid(sp) == u64::from(server.pid())
+    });
+    assert_https(&servers[0], "GET", "/x", 200);
+    assert_https(&servers[1], "GET", "/missing", 404);
+    // node as the client too, three requests on one connection.
+    let client = run_to_end(
+        "node https client",
+        Command::new("node")
+            .arg("-e")
+            .arg(NODE_CLIENT)
+            .arg(port.to_string())
+            .arg("3"),
+    );
+    let clients = agent.wait_for(3, |sp| {
+        s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(client)
+    });
+    for (i, sp) in clients.iter().enumerate() {
+        assert_https(sp, "GET", &format!("/from-node/{i}"), 200);
+    }
+    assert!(
+        agent.log().contains("TLS: probing"),
+        "node's executable should be probed:\n{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn without_tls_probes_ciphertext_yields_no_spans() {
+    if !require_root("without_tls_probes_ciphertext_yields_no_spans") {
+        return;
+    }
+    let mut agent = Agent::start(&["--tls", "off"]);
+    let port = free_port();
+    let dir = TempDir::new("nginx-tls-off");
+    let _nginx = nginx_tls(port, &dir);
+    let base = format!("https://127.0.0.1:{port}");
+    for _ in 0..3 {
+        curl(&["-k", "-o", "/dev/null", &format!("{base}/hello")]);
+    }
+    // A plaintext request afterwards proves the agent was tracing all along.
+    let plain_port = free_port();
+    let (_plain, _pdir) = nginx(plain_port, "");
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{plain_port}/hello"),
+    ]);
+    agent.wait_for(1, |sp| is_span(sp, "SERVER", "nginx", plain_port));
+    let tls_spans: Vec<Value> = agent
+        .spans()
+        .into_iter()
+        .filter(|sp| attr_i(sp, "server.port") == i64::from(port))
+        .collect();
+    assert!(
+        tls_spans.is_empty(),
+        "spans from ciphertext: {tls_spans:#?}"
+    );
+    agent.stop();
+    // The TLS connections were seen, classified as not HTTP and skipped.
+    let log = agent.log();
+    let summary = log.lines().find(|l| l.contains("summary:")).unwrap_or("");
+    let ignored: u64 = summary
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("conns_ignored="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        ignored >= 6,
+        "TLS sockets (both sides) not classified as ignored: {summary}"
+    );
+}
+
+#[test]
+fn invisible_tls_is_reported_once_per_executable() {
+    if !require_root("invisible_tls_is_reported_once_per_executable") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let dir = TempDir::new("nginx-tls-hey");
+    let _nginx = nginx_tls(port, &dir);
+    // hey is a Go binary: crypto/tls, no OpenSSL symbols to probe.
+    for _ in 0..2 {
+        run_to_end(
+            "hey",
+            Command::new("hey")
+                .args(["-n", "2", "-c", "1"])
+                .arg(format!("https://127.0.0.1:{port}/hello")),
+        );
+    }
+    // nginx's side is visible: its SERVER spans exist.
+    agent.wait_for(4, |sp| is_span(sp, "SERVER", "nginx", port));
+    let log = agent.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("TLS traffic of") && l.contains("hey") && l.contains("not visible"))
+        .count();
+    assert_eq!(warned, 1, "one warning per executable:\n{log}");
+    // And no CLIENT spans were made up from hey's ciphertext.
+    assert!(!agent
+        .spans()
+        .iter()
+        .any(|sp| s(sp, "kind") == "CLIENT" && exe(sp) == "hey"));
+}
+
+#[test]
+fn tls_library_inside_another_mount_namespace() {
+    if !require_root("tls_library_inside_another_mount_namespace") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let dir = TempDir::new("ns-tls");
+    let server = python_tls_server(port, &dir);
+    // A private copy of libssl (another inode) mounted over the system one
+    // in a new mount namespace, as a container image would ship it.
+    let system =
+        std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libssl.so.3").expect("system libssl.so.3");
+    let copy = dir.0.join("libssl.so.3");
+    std::fs::copy(&system, &copy).expect("copy libssl");
+    let script = format!(
+        "mount --bind {} {} && exec python3 -c \"{}\" {port} /in-namespace",
+        copy.display(),
+        system.display(),
+        "import time, ssl, sys; time.sleep(0.5); exec(open('/dev/stdin').read())"
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(PY_TLS_CLIENT.as_bytes())
+            .expect("client script");
+    }
+    let client = child.id();
+    let out = child.wait_with_output().expect("namespace client");
+    assert!(
+        out.status.success(),
+        "client in a mount namespace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clients = agent.wait_for(1, |sp| {
+        s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(client)
+    });
+    assert_https(&clients[0], "GET", "/in-namespace", 200);
+    agent.wait_for(1, |sp| {
+        s(sp, "kind") == "SERVER" && pid(sp) == u64::from(server.pid())
+    });
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("TLS: probing /proc/{client}/root")),
+        "the namespace's own libssl should be probed through /proc/PID/root:\n{log}"
+    );
+}
