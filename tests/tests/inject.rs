@@ -411,3 +411,86 @@ fn injection_is_off_by_default() {
     let echoed = exchange(port, &[req], 1);
     assert_eq!(echoed[0], req);
 }
+
+/// A TLS server (Python `ssl`) whose handler calls a plaintext service.
+const PY_TLS_HOP: &str = r#"
+import sys, ssl, http.server, socketserver, urllib.request
+NEXT = int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/next%s" % (NEXT, self.path)) as r:
+            body = r.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+srv = S(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn tls_server_propagates_to_plaintext_downstream() {
+    if !require_root("tls_server_propagates_to_plaintext_downstream") {
+        return;
+    }
+    let agent = Agent::start(&["--inject-context", "on"]);
+    let b_port = free_port();
+    let (_b, _bdir) = nginx(b_port, "location /next/ { return 200 \"b\\n\"; }");
+    let dir = TempDir::new("tls-hop");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    let a_port = free_port();
+    let a = python(
+        "TLS service A",
+        PY_TLS_HOP,
+        &[
+            a_port.to_string(),
+            b_port.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        ],
+    );
+    wait_port(a_port);
+    curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        &format!("https://127.0.0.1:{a_port}/secure"),
+    ]);
+    let spans = agent.wait_for(3, |sp| {
+        let p = attr(sp, "url.path").as_str().unwrap_or("");
+        (pid(sp) == u64::from(a.pid()) && (p == "/secure" || p == "/next/secure"))
+            || (exe(sp) == "nginx" && s(sp, "kind") == "SERVER" && p == "/next/secure")
+    });
+    let a_server = by_path(&spans, "SERVER", a.pid(), "/secure");
+    let a_client = by_path(&spans, "CLIENT", a.pid(), "/next/secure");
+    let b_server = spans
+        .iter()
+        .find(|sp| exe(sp) == "nginx")
+        .expect("nginx span");
+    assert_eq!(attr(a_server, "url.scheme"), "https");
+    assert_eq!(s(a_client, "parent_span_id"), s(a_server, "span_id"));
+    assert_eq!(s(b_server, "parent_span_id"), s(a_client, "span_id"));
+    assert_eq!(s(a_client, "trace_id"), s(a_server, "trace_id"));
+    assert_eq!(s(b_server, "trace_id"), s(a_server, "trace_id"));
+}

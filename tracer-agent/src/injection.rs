@@ -10,13 +10,13 @@ use std::{
 
 use aya::{
     maps::{ProgramArray, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
+    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint, UProbe},
     Ebpf,
 };
 use thiserror::Error;
 use tracer_common::{
-    SockKey, MAP_SOCKS, MAP_TAIL_PROGS, PROG_INJECT, PROG_SERVER_CTX, PROG_SOCK_OPS,
-    TAIL_SERVER_CTX,
+    SockKey, MAP_SOCKS, MAP_TAIL_PROGS, MAP_TLS_TAIL_PROGS, PROG_INJECT, PROG_SERVER_CTX,
+    PROG_SOCK_OPS, PROG_TLS_SERVER_CTX, TAIL_SERVER_CTX,
 };
 
 #[derive(Debug, Error)]
@@ -116,6 +116,33 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), InjectError> {
         .set(TAIL_SERVER_CTX, &fd, 0)
         .map_err(|source| InjectError::Map {
             name: MAP_TAIL_PROGS,
+            source,
+        })?;
+
+    // 1b. Its twin for TLS plaintext, tail-called by the TLS return probe.
+    let tls_ctx: &mut UProbe = ebpf
+        .program_mut(PROG_TLS_SERVER_CTX)
+        .ok_or(InjectError::MissingProgram(PROG_TLS_SERVER_CTX))?
+        .try_into()
+        .map_err(prog_err(PROG_TLS_SERVER_CTX))?;
+    tls_ctx.load().map_err(prog_err(PROG_TLS_SERVER_CTX))?;
+    let fd = tls_ctx
+        .fd()
+        .map_err(prog_err(PROG_TLS_SERVER_CTX))?
+        .try_clone()
+        .map_err(InjectError::Fd)?;
+    let mut tls_tails = ProgramArray::try_from(
+        ebpf.map_mut(MAP_TLS_TAIL_PROGS)
+            .ok_or(InjectError::MissingMap(MAP_TLS_TAIL_PROGS))?,
+    )
+    .map_err(|source| InjectError::Map {
+        name: MAP_TLS_TAIL_PROGS,
+        source,
+    })?;
+    tls_tails
+        .set(TAIL_SERVER_CTX, &fd, 0)
+        .map_err(|source| InjectError::Map {
+            name: MAP_TLS_TAIL_PROGS,
             source,
         })?;
 

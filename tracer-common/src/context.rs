@@ -22,6 +22,11 @@ pub const MAP_INJECT_SCRATCH: &str = "INJECT_SCRATCH";
 pub const TAIL_SERVER_CTX: u32 = 0;
 /// Name of that program in the object.
 pub const PROG_SERVER_CTX: &str = "tracer_server_ctx";
+/// The same program for TLS plaintext (kprobe type), in
+/// [`MAP_TLS_TAIL_PROGS`].
+pub const PROG_TLS_SERVER_CTX: &str = "tracer_tls_server_ctx";
+/// Tail-call table of the TLS return probe.
+pub const MAP_TLS_TAIL_PROGS: &str = "TLS_TAIL_PROGS";
 /// The `sk_msg` injector.
 pub const PROG_INJECT: &str = "tracer_inject";
 /// The cgroup `sock_ops` program that fills [`MAP_SOCKS`].

@@ -162,27 +162,66 @@ fn fixed_rate(port: u16, rate: u64, conns: u64, dur: Duration) -> LoadResult {
 
 /// wrk at saturation; returns requests/s.
 fn saturate(port: u16, dur: Duration) -> anyhow::Result<f64> {
+    Ok(wrk(&format!("http://127.0.0.1:{port}/bench"), dur)?.0)
+}
+
+/// wrk -t2 -c50 against `url`; returns requests/s and requests completed.
+fn wrk(url: &str, dur: Duration) -> anyhow::Result<(f64, u64)> {
     let out = Command::new("wrk")
         .args(["-t2", "-c50", &format!("-d{}s", dur.as_secs())])
-        .arg(format!("http://127.0.0.1:{port}/bench"))
+        .arg(url)
         .output()
         .context("running wrk (cargo xtask setup installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    // "  123456 requests in 5.00s, ..."
+    let total = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((rps, total))
+}
+
+/// Port of the bench nginx's HTTPS listener.
+const TLS_PORT: u16 = 18_443;
+
+fn tls_url() -> String {
+    format!("https://127.0.0.1:{TLS_PORT}/bench")
 }
 
 fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Guard> {
     let d = dir.display();
     std::fs::create_dir_all(dir)?;
+    // A self-signed certificate for the HTTPS listener.
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl req")?;
+    if !st.success() {
+        bail!("openssl could not make a certificate");
+    }
     let conf = format!(
         "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
 error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
 http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n\
   proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
   scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n\
+    listen 127.0.0.1:{TLS_PORT} ssl;\n    ssl_certificate {d}/cert.pem;\n\
+    ssl_certificate_key {d}/key.pem;\n\
     location / {{ return 200 \"hello\\n\"; }}\n  }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
@@ -337,6 +376,10 @@ fn sysctl_bpf_stats(on: bool) -> Option<String> {
 struct OnPhase {
     load: LoadResult,
     sat_rps: f64,
+    /// wrk over HTTPS: requests/s, requests, SERVER spans during it.
+    tls_rps: f64,
+    tls_requests: u64,
+    tls_spans: u64,
     cpu_fixed: f64,
     cpu_sat: f64,
     rss_kib: u64,
@@ -384,6 +427,11 @@ fn on_phase(
     let sat_rps = saturate(port, dur)?;
     let (s1, rss_kib) = proc_usage(apid);
     let cpu_sat = (s1 - s0) as f64 / tck / ws.elapsed().as_secs_f64();
+    thread::sleep(Duration::from_millis(300));
+    let spans_before = agent.server_spans.load(Ordering::Relaxed);
+    let (tls_rps, tls_requests) = wrk(&tls_url(), dur)?;
+    thread::sleep(Duration::from_millis(500));
+    let tls_spans = agent.server_spans.load(Ordering::Relaxed) - spans_before;
     // SIGINT: the agent prints its counter summary on the way out.
     let _ = Command::new("kill")
         .args(["-INT", &apid.to_string()])
@@ -411,6 +459,9 @@ fn on_phase(
     Ok(OnPhase {
         load,
         sat_rps,
+        tls_rps,
+        tls_requests,
+        tls_spans,
         cpu_fixed,
         cpu_sat,
         rss_kib,
@@ -459,12 +510,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // medians over the rounds are reported.
     let mut off = Vec::new();
     let mut off_sat = Vec::new();
+    let mut off_tls = Vec::new();
     let mut on = Vec::new();
     let mut inj = Vec::new();
     for round in 1..=a.rounds {
         eprintln!("round {round}/{}: tracer OFF", a.rounds);
         off.push(fixed_rate(port, a.rate, a.connections, dur));
         off_sat.push(saturate(port, dur)?);
+        off_tls.push(wrk(&tls_url(), dur)?.0);
         eprintln!("round {round}/{}: tracer ON", a.rounds);
         on.push(on_phase(&bin, port, a, dur, tck, false)?);
         eprintln!(
@@ -611,6 +664,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             all_rt as f64 / all_rc as f64
         );
     }
+    tls_report(&mut r, &off_tls, &on);
     inject_report(&mut r, a, &off, &off_sat, &inj);
     println!("{r}");
     let report = crate::util::root().join(&a.report);
@@ -704,4 +758,33 @@ fn inject_report(
     for (name, rc, rt) in totals.iter().filter(|t| t.1 > 0) {
         let _ = writeln!(r, "| {name} | {rc} | {:.0} |", *rt as f64 / *rc as f64);
     }
+}
+
+/// HTTPS saturation (wrk through OpenSSL, nginx through OpenSSL): the TLS
+/// uprobes on both sides, against the same machine with the tracer off.
+fn tls_report(r: &mut String, off_tls: &[f64], on: &[OnPhase]) {
+    let rps: Vec<f64> = on.iter().map(|p| p.tls_rps).collect();
+    let ratio: Vec<f64> = rps.iter().zip(off_tls).map(|(n, f)| n / f).collect();
+    let requests: u64 = on.iter().map(|p| p.tls_requests).sum();
+    let spans: u64 = on.iter().map(|p| p.tls_spans).sum();
+    let _ = writeln!(
+        r,
+        "\n| HTTPS saturation, wrk -t2 -c50 (TLS uprobes) | off | on | on/off |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| req/s | {:.0} [{}] | {:.0} [{}] | {:.3} [{}] |",
+        median(off_tls),
+        list(off_tls, 0),
+        median(&rps),
+        list(&rps, 0),
+        median(&ratio),
+        list(&ratio, 3)
+    );
+    let _ = writeln!(
+        r,
+        "| SERVER spans (nginx) / requests wrk completed | | {spans} / {requests} = {:.2}% | |",
+        100.0 * spans as f64 / requests.max(1) as f64
+    );
 }

@@ -508,7 +508,7 @@ pub fn fill_scratch(
 
 /// The captured bytes start an HTTP/1 request (method and space).
 #[inline(always)]
-fn starts_request(scratch: &DataScratch) -> bool {
+pub fn starts_request(scratch: &DataScratch) -> bool {
     if scratch.header.captured_len < 16 {
         return false;
     }

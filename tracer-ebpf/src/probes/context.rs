@@ -7,8 +7,8 @@
 //! the payload is already in this CPU's `SCRATCH` slot.
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{tracepoint, uretprobe},
+    programs::{RetProbeContext, TracePointContext},
 };
 use tracer_common::{
     TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX, STAT_RINGBUF_DROPS,
@@ -52,9 +52,23 @@ pub fn output_ctx(ev: &TraceCtxEvent) {
 
 #[tracepoint]
 pub fn tracer_server_ctx(_ctx: TracePointContext) -> u32 {
+    server_ctx_and_output();
+    0
+}
+
+/// The same for TLS plaintext: tail-called from the TLS return probe,
+/// whose program type (kprobe) cannot tail-call a tracepoint program.
+#[uretprobe]
+pub fn tracer_tls_server_ctx(_ctx: RetProbeContext) -> u32 {
+    server_ctx_and_output();
+    0
+}
+
+#[inline(always)]
+fn server_ctx_and_output() {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
-        return 0;
+        return;
     };
     // SAFETY: this CPU's slot, filled by the capture hook that tail-called
     // us on this CPU; programs do not migrate while running.
@@ -62,7 +76,6 @@ pub fn tracer_server_ctx(_ctx: TracePointContext) -> u32 {
     choose_server_ctx(scratch);
     // The context event must precede the data event it refers to.
     output_scratch(scratch);
-    0
 }
 
 #[inline(always)]

@@ -15,16 +15,17 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, ProgramArray},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
     conn_key, EVENT_DLOPEN, EVENT_EXEC, MAX_SSL_FDS, SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_CALLS,
-    STAT_TLS_NO_FD, TLS_SOCKET,
+    STAT_TLS_NO_FD, TAIL_SERVER_CTX, TLS_SOCKET,
 };
 
 use super::{
-    capture::{emit_proc, fill_scratch, on_data, output_scratch},
+    capture::{emit_proc, fill_scratch, on_data, output_scratch, starts_request},
+    context::server_done,
     syscalls::traced,
 };
 use crate::maps::{bump, config, PendingCall, CONNS};
@@ -67,6 +68,11 @@ pub struct SslKey {
 pub static SSL_FDS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_SSL_FDS, 0);
 
 const NO_FD: u32 = u32::MAX;
+
+/// Tail-call table of the TLS return probe (kprobe-type programs cannot
+/// share the tracepoint one).
+#[map]
+pub static TLS_TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 /// The last read-family syscall of a thread (outside TLS calls).
 #[repr(C)]
@@ -253,6 +259,17 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
     };
     let target = on_data(ctx, pid_tgid, &pending, bytes)?;
     let scratch = fill_scratch(pid_tgid, &pending, bytes, &target)?;
+    if config().inject_context != 0 && target.server {
+        // As in the syscall exit hook: a TLS server's requests get their
+        // SERVER context in the kernel too, so plaintext calls it makes
+        // are injected as its children.
+        if !target.ingress {
+            server_done(pid_tgid, target.conn_id);
+        } else if starts_request(scratch) {
+            // SAFETY: tail call with our own context; returns only on failure.
+            unsafe { TLS_TAIL_PROGS.tail_call(ctx, TAIL_SERVER_CTX) };
+        }
+    }
     output_scratch(scratch);
     Some(())
 }
