@@ -312,14 +312,33 @@ fn rand_u64() -> u128 {
 /// nginx (master + one worker) on 127.0.0.1:`port`, with `locations`
 /// spliced into its server block. Static files live in the returned dir.
 pub fn nginx(port: u16, locations: &str) -> (Proc, TempDir) {
+    nginx_with(port, locations, false)
+}
+
+/// nginx serving HTTPS (self-signed certificate) on 127.0.0.1:`port`.
+pub fn nginx_tls(port: u16, locations: &str) -> (Proc, TempDir) {
+    nginx_with(port, locations, true)
+}
+
+fn nginx_with(port: u16, locations: &str, tls: bool) -> (Proc, TempDir) {
     let dir = TempDir::new("nginx");
+    let listen = if tls {
+        let (cert, key) = self_signed_cert(&dir);
+        format!(
+            "127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {}",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        format!("127.0.0.1:{port}")
+    };
     let d = dir.0.display();
     let conf = format!(
         "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
 error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
   fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-  keepalive_requests 1000;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
+  keepalive_requests 1000;\n  sendfile on;\n  server {{\n    listen {listen};\n    root {d}/www;\n\
     location = /hello {{ return 200 \"hello\\n\"; }}\n    location /hello/ {{ return 200 \"hello\\n\"; }}\n\
     location /missing {{ return 404; }}\n{locations}\n  }}\n}}\n"
     );
@@ -337,6 +356,73 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
     );
     wait_port(port);
     (p, dir)
+}
+
+/// A self-signed certificate and key for 127.0.0.1, written into `dir`.
+pub fn self_signed_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl req failed");
+    (cert, key)
+}
+
+/// One hop of a service chain: a ThreadingHTTPServer whose handler calls
+/// the next service with urllib (on the handler thread) at `/next<path>`,
+/// served over TLS when a certificate and key follow the ports.
+pub const PY_HOP: &str = r#"
+import sys, ssl, http.server, socketserver, urllib.request
+NEXT = int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/next%s" % (NEXT, self.path)) as r:
+            body = r.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+srv = S(("127.0.0.1", int(sys.argv[1])), H)
+if len(sys.argv) > 4:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+/// Starts a [`PY_HOP`] on `port` calling `next`; over TLS with `tls`'s
+/// certificate and key.
+pub fn python_hop(name: &str, port: u16, next: u16, tls: Option<&(PathBuf, PathBuf)>) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(PY_HOP)
+        .arg(port.to_string())
+        .arg(next.to_string());
+    if let Some((cert, key)) = tls {
+        cmd.arg(cert).arg(key);
+    }
+    let p = Proc::spawn(
+        name,
+        cmd.env("PYTHONUNBUFFERED", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    p
 }
 
 /// A Python stdlib ThreadingHTTPServer fixture on 127.0.0.1:`port`.

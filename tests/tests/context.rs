@@ -1,8 +1,6 @@
 //! Trace context: every common incoming format is continued, and a client
 //! call made while serving a request is that request's child.
 
-use std::process::{Command, Stdio};
-
 use tracer_tests::*;
 
 const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -55,26 +53,6 @@ fn b3_jaeger_and_custom_headers_are_continued() {
     assert!(bad[0]["parent_span_id"].is_null());
 }
 
-/// Service A: for every GET it calls B (urllib, on the handler thread).
-const PY_A: &str = r#"
-import sys, http.server, socketserver, urllib.request
-B = int(sys.argv[2])
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_GET(self):
-        with urllib.request.urlopen("http://127.0.0.1:%d/hello/from-a" % B) as r:
-            body = r.read()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
-
 #[test]
 fn client_call_made_while_serving_is_child_of_the_server_span() {
     if !require_root("client_call_made_while_serving_is_child_of_the_server_span") {
@@ -82,19 +60,9 @@ fn client_call_made_while_serving_is_child_of_the_server_span() {
     }
     let agent = Agent::start(&[]);
     let b_port = free_port();
-    let (_nginx, _dir) = nginx(b_port, "");
+    let (_nginx, _dir) = nginx(b_port, "location /next/ { return 200 \"b\n\"; }");
     let a_port = free_port();
-    let _a = Proc::spawn(
-        "service A",
-        Command::new("python3")
-            .arg("-c")
-            .arg(PY_A)
-            .arg(a_port.to_string())
-            .arg(b_port.to_string())
-            .env("PYTHONUNBUFFERED", "1")
-            .stdout(Stdio::null()),
-    );
-    wait_port(a_port);
+    let _a = python_hop("service A", a_port, b_port, None);
     let a = |sp: &Value, kind: &str, port: u16| {
         s(sp, "kind") == kind
             && exe(sp).starts_with("python3")
@@ -112,7 +80,7 @@ fn client_call_made_while_serving_is_child_of_the_server_span() {
     assert!(server[0]["parent_span_id"].is_null(), "{:#}", server[0]);
     assert_eq!(s(&client[0], "trace_id"), s(&server[0], "trace_id"));
     assert_eq!(s(&client[0], "parent_span_id"), s(&server[0], "span_id"));
-    assert_eq!(s(&client[0], "name"), "GET /hello/from-a");
+    assert_eq!(s(&client[0], "name"), "GET /next/first");
     // Nested in time too.
     assert!(start(&server[0]) <= start(&client[0]));
     assert!(end(&client[0]) <= end(&server[0]));

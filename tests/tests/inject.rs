@@ -15,27 +15,6 @@ use tracer_tests::*;
 const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const S: &str = "00f067aa0ba902b7";
 
-/// One hop of the chain: a ThreadingHTTPServer whose handler calls the
-/// next service with urllib (on the handler thread) at `/next<path>`.
-const PY_HOP: &str = r#"
-import sys, http.server, socketserver, urllib.request
-NEXT = int(sys.argv[2])
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_GET(self):
-        with urllib.request.urlopen("http://127.0.0.1:%d/next%s" % (NEXT, self.path)) as r:
-            body = r.read()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
-
 /// Answers every request (keep-alive, pipelining, Content-Length and
 /// chunked bodies) with the exact bytes of that request as its body.
 const PY_ECHO: &str = r#"
@@ -121,19 +100,9 @@ fn three_uninstrumented_services_form_one_trace() {
     let c_port = free_port();
     let (nginx_c, _dir) = nginx(c_port, "location /next/ { return 200 \"c\\n\"; }");
     let b_port = free_port();
-    let b = python(
-        "service B",
-        PY_HOP,
-        &[b_port.to_string(), c_port.to_string()],
-    );
-    wait_port(b_port);
+    let b = python_hop("service B", b_port, c_port, None);
     let a_port = free_port();
-    let a = python(
-        "service A",
-        PY_HOP,
-        &[a_port.to_string(), b_port.to_string()],
-    );
-    wait_port(a_port);
+    let a = python_hop("service A", a_port, b_port, None);
     let nginx_pid = nginx_c.pid();
 
     // The spans of one request through the chain, by hop.
@@ -412,30 +381,6 @@ fn injection_is_off_by_default() {
     assert_eq!(echoed[0], req);
 }
 
-/// A TLS server (Python `ssl`) whose handler calls a plaintext service.
-const PY_TLS_HOP: &str = r#"
-import sys, ssl, http.server, socketserver, urllib.request
-NEXT = int(sys.argv[2])
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_GET(self):
-        with urllib.request.urlopen("http://127.0.0.1:%d/next%s" % (NEXT, self.path)) as r:
-            body = r.read()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-srv = S(("127.0.0.1", int(sys.argv[1])), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[3], sys.argv[4])
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-srv.serve_forever()
-"#;
-
 #[test]
 fn tls_server_propagates_to_plaintext_downstream() {
     if !require_root("tls_server_propagates_to_plaintext_downstream") {
@@ -445,32 +390,9 @@ fn tls_server_propagates_to_plaintext_downstream() {
     let b_port = free_port();
     let (_b, _bdir) = nginx(b_port, "location /next/ { return 200 \"b\\n\"; }");
     let dir = TempDir::new("tls-hop");
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(st.success());
+    let cert = self_signed_cert(&dir);
     let a_port = free_port();
-    let a = python(
-        "TLS service A",
-        PY_TLS_HOP,
-        &[
-            a_port.to_string(),
-            b_port.to_string(),
-            cert.display().to_string(),
-            key.display().to_string(),
-        ],
-    );
-    wait_port(a_port);
+    let a = python_hop("TLS service A", a_port, b_port, Some(&cert));
     curl(&[
         "-k",
         "-o",

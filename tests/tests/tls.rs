@@ -2,61 +2,12 @@
 //! (curl, nginx, Python's `ssl`, node with its static OpenSSL) on loopback.
 
 use std::{
-    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
 use tracer_tests::*;
-
-/// A self-signed certificate and key for 127.0.0.1 in `dir`.
-fn cert(dir: &TempDir) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(st.success(), "openssl req failed");
-    (cert, key)
-}
-
-/// nginx serving HTTPS on 127.0.0.1:`port`.
-fn nginx_tls(port: u16, dir: &TempDir) -> Proc {
-    let (cert, key) = cert(dir);
-    let d = dir.0.display();
-    let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
-http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
-    location /hello {{ return 200 \"hello\\n\"; }}\n    location /missing {{ return 404; }}\n  }}\n}}\n",
-        cert.display(),
-        key.display()
-    );
-    std::fs::write(dir.0.join("nginx.conf"), conf).expect("nginx.conf");
-    let p = Proc::spawn(
-        "nginx (TLS)",
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&dir.0)
-            .arg("-c")
-            .arg(dir.0.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    );
-    wait_port(port);
-    p
-}
 
 fn assert_https(sp: &Value, method: &str, path: &str, status: i64) {
     assert_eq!(attr(sp, "http.request.method"), method, "{sp:#}");
@@ -74,8 +25,7 @@ fn curl_to_nginx_over_tls_started_after_the_agent() {
     let agent = Agent::start(&[]);
     // The server starts after the agent.
     let port = free_port();
-    let dir = TempDir::new("nginx-tls");
-    let _nginx = nginx_tls(port, &dir);
+    let (_nginx, _dir) = nginx_tls(port, "");
     // Three requests on one keep-alive connection.
     let base = format!("https://127.0.0.1:{port}");
     let (curl_pid, _) = curl(&[
@@ -149,7 +99,7 @@ for path in sys.argv[2:]:
 "#;
 
 fn python_tls_server(port: u16, dir: &TempDir) -> Proc {
-    let (cert, key) = cert(dir);
+    let (cert, key) = self_signed_cert(dir);
     let p = Proc::spawn(
         "python TLS server",
         Command::new("python3")
@@ -244,7 +194,7 @@ fn node_with_static_openssl_both_sides() {
     let agent = Agent::start(&[]);
     let port = free_port();
     let dir = TempDir::new("node-tls");
-    let (cert, key) = cert(&dir);
+    let (cert, key) = self_signed_cert(&dir);
     let server = Proc::spawn(
         "node https server",
         Command::new("node")
@@ -301,8 +251,7 @@ fn without_tls_probes_ciphertext_yields_no_spans() {
     }
     let mut agent = Agent::start(&["--tls", "off"]);
     let port = free_port();
-    let dir = TempDir::new("nginx-tls-off");
-    let _nginx = nginx_tls(port, &dir);
+    let (_nginx, _dir) = nginx_tls(port, "");
     let base = format!("https://127.0.0.1:{port}");
     for _ in 0..3 {
         curl(&["-k", "-o", "/dev/null", &format!("{base}/hello")]);
@@ -347,8 +296,7 @@ fn invisible_tls_is_reported_once_per_executable() {
     }
     let agent = Agent::start(&[]);
     let port = free_port();
-    let dir = TempDir::new("nginx-tls-hey");
-    let _nginx = nginx_tls(port, &dir);
+    let (_nginx, _dir) = nginx_tls(port, "");
     // hey is a Go binary: crypto/tls, no OpenSSL symbols to probe.
     for _ in 0..2 {
         run_to_end(
@@ -360,12 +308,34 @@ fn invisible_tls_is_reported_once_per_executable() {
     }
     // nginx's side is visible: its SERVER spans exist.
     agent.wait_for(4, |sp| is_span(sp, "SERVER", "nginx", port));
-    let log = agent.log();
-    let warned = log
-        .lines()
-        .filter(|l| l.contains("TLS traffic of") && l.contains("hey") && l.contains("not visible"))
-        .count();
-    assert_eq!(warned, 1, "one warning per executable:\n{log}");
+    // The verdict comes shortly after the handshakes (the agent first
+    // waits for plaintext that would prove the TLS visible).
+    let warned = || {
+        agent
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("TLS traffic of") && l.contains("hey") && l.contains("not visible")
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while warned() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning about hey's invisible TLS:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(warned(), 1, "one warning per executable:\n{}", agent.log());
+    // Processes whose TLS is visible are not reported.
+    assert!(
+        !agent.log().contains("TLS traffic of /usr/sbin/nginx"),
+        "{}",
+        agent.log()
+    );
     // And no CLIENT spans were made up from hey's ciphertext.
     assert!(!agent
         .spans()
@@ -388,11 +358,15 @@ fn tls_library_inside_another_mount_namespace() {
         std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libssl.so.3").expect("system libssl.so.3");
     let copy = dir.0.join("libssl.so.3");
     std::fs::copy(&system, &copy).expect("copy libssl");
+    // `ssl` is imported 1.5 s after the exec, past the agent's exec-time
+    // re-scans: only the dlopen hook can find the library then. (The
+    // first request waits 0.5 s more: attaching takes milliseconds, and a
+    // request made in that window would not be seen.)
     let script = format!(
         "mount --bind {} {} && exec python3 -c \"{}\" {port} /in-namespace",
         copy.display(),
         system.display(),
-        "import time, ssl, sys; time.sleep(0.5); exec(open('/dev/stdin').read())"
+        "import time, sys; time.sleep(1.5); import ssl; time.sleep(0.5); exec(open('/dev/stdin').read())"
     );
     let mut child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
@@ -427,4 +401,15 @@ fn tls_library_inside_another_mount_namespace() {
         log.contains(&format!("TLS: probing /proc/{client}/root")),
         "the namespace's own libssl should be probed through /proc/PID/root:\n{log}"
     );
+    // Its only user exited: the probes on that copy go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let gone = format!("TLS: no process maps /proc/{client}/root");
+    while !agent.log().contains(&gone) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes on the namespace's libssl not removed after its process exited:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }

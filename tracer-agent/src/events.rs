@@ -4,9 +4,9 @@
 
 use thiserror::Error;
 use tracer_common::{
-    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcEvent, ProcExitEvent, TraceCtxEvent,
-    EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC, EVENT_INJECTED,
-    EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
+    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcEvent, ProcExitEvent, TlsSeenEvent,
+    TraceCtxEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC,
+    EVENT_INJECTED, EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -29,8 +29,10 @@ pub enum Event<'a> {
     /// Ids the kernel chose for a SERVER span ([`EVENT_SERVER_CTX`]) or
     /// injected into a CLIENT request ([`EVENT_INJECTED`]).
     Context(TraceCtxEvent),
-    /// A process notice: exec, dlopen, or a TLS handshake seen.
+    /// A process notice: exec or dlopen.
     Proc(ProcEvent),
+    /// A TLS handshake on a socket of this process.
+    TlsSeen(TlsSeenEvent),
 }
 
 /// Reads a `T` from the start of `buf` after checking its length.
@@ -65,7 +67,8 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_CONN_CLOSE => Ok(Event::Close(read(buf)?)),
         EVENT_PROC_EXIT => Ok(Event::Exit(read(buf)?)),
         EVENT_SERVER_CTX | EVENT_INJECTED => Ok(Event::Context(read(buf)?)),
-        EVENT_EXEC | EVENT_DLOPEN | EVENT_TLS_SEEN => Ok(Event::Proc(read(buf)?)),
+        EVENT_EXEC | EVENT_DLOPEN => Ok(Event::Proc(read(buf)?)),
+        EVENT_TLS_SEEN => Ok(Event::TlsSeen(read(buf)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

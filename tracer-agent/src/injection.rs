@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     maps::{ProgramArray, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint, UProbe},
+    programs::{CgroupAttachMode, Program, SkMsg, SockOps},
     Ebpf,
 };
 use thiserror::Error;
@@ -92,59 +92,10 @@ pub fn cgroup_dir(given: Option<&Path>) -> Result<PathBuf, InjectError> {
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), InjectError> {
     let prog_err = |name: &'static str| move |source| InjectError::Program { name, source };
 
-    // 1. The SERVER-context reader, tail-called by the capture hook.
-    let server_ctx: &mut TracePoint = ebpf
-        .program_mut(PROG_SERVER_CTX)
-        .ok_or(InjectError::MissingProgram(PROG_SERVER_CTX))?
-        .try_into()
-        .map_err(prog_err(PROG_SERVER_CTX))?;
-    server_ctx.load().map_err(prog_err(PROG_SERVER_CTX))?;
-    let fd = server_ctx
-        .fd()
-        .map_err(prog_err(PROG_SERVER_CTX))?
-        .try_clone()
-        .map_err(InjectError::Fd)?;
-    let mut tails = ProgramArray::try_from(
-        ebpf.map_mut(MAP_TAIL_PROGS)
-            .ok_or(InjectError::MissingMap(MAP_TAIL_PROGS))?,
-    )
-    .map_err(|source| InjectError::Map {
-        name: MAP_TAIL_PROGS,
-        source,
-    })?;
-    tails
-        .set(TAIL_SERVER_CTX, &fd, 0)
-        .map_err(|source| InjectError::Map {
-            name: MAP_TAIL_PROGS,
-            source,
-        })?;
-
-    // 1b. Its twin for TLS plaintext, tail-called by the TLS return probe.
-    let tls_ctx: &mut UProbe = ebpf
-        .program_mut(PROG_TLS_SERVER_CTX)
-        .ok_or(InjectError::MissingProgram(PROG_TLS_SERVER_CTX))?
-        .try_into()
-        .map_err(prog_err(PROG_TLS_SERVER_CTX))?;
-    tls_ctx.load().map_err(prog_err(PROG_TLS_SERVER_CTX))?;
-    let fd = tls_ctx
-        .fd()
-        .map_err(prog_err(PROG_TLS_SERVER_CTX))?
-        .try_clone()
-        .map_err(InjectError::Fd)?;
-    let mut tls_tails = ProgramArray::try_from(
-        ebpf.map_mut(MAP_TLS_TAIL_PROGS)
-            .ok_or(InjectError::MissingMap(MAP_TLS_TAIL_PROGS))?,
-    )
-    .map_err(|source| InjectError::Map {
-        name: MAP_TLS_TAIL_PROGS,
-        source,
-    })?;
-    tls_tails
-        .set(TAIL_SERVER_CTX, &fd, 0)
-        .map_err(|source| InjectError::Map {
-            name: MAP_TLS_TAIL_PROGS,
-            source,
-        })?;
+    // 1. The SERVER-context reader, tail-called by the capture hook, and
+    // its kprobe-type twin for the TLS return probe.
+    load_into_tail_map(ebpf, PROG_SERVER_CTX, MAP_TAIL_PROGS)?;
+    load_into_tail_map(ebpf, PROG_TLS_SERVER_CTX, MAP_TLS_TAIL_PROGS)?;
 
     // 2. The injector on the sockhash (before sockets can enter it).
     let socks: SockHash<_, SockKey> = SockHash::try_from(
@@ -176,6 +127,34 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), InjectError> {
     ops.attach(dir, CgroupAttachMode::Single)
         .map_err(prog_err(PROG_SOCK_OPS))?;
     Ok(())
+}
+
+/// Loads program `name` (tracepoint or kprobe type) and puts it at
+/// [`TAIL_SERVER_CTX`] in the tail-call map `map`.
+fn load_into_tail_map(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    map: &'static str,
+) -> Result<(), InjectError> {
+    let prog_err = |source| InjectError::Program { name, source };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(InjectError::MissingProgram(name))?;
+    match prog {
+        Program::TracePoint(p) => p.load(),
+        Program::UProbe(p) => p.load(),
+        _ => return Err(InjectError::MissingProgram(name)),
+    }
+    .map_err(prog_err)?;
+    let fd = prog
+        .fd()
+        .map_err(prog_err)?
+        .try_clone()
+        .map_err(InjectError::Fd)?;
+    let map_err = |source| InjectError::Map { name: map, source };
+    let mut tails = ProgramArray::try_from(ebpf.map_mut(map).ok_or(InjectError::MissingMap(map))?)
+        .map_err(map_err)?;
+    tails.set(TAIL_SERVER_CTX, &fd, 0).map_err(map_err)
 }
 
 #[cfg(test)]

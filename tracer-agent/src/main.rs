@@ -37,7 +37,11 @@ use tracer_common::{
     Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_COUNT, STAT_NAMES, STAT_RINGBUF_DROPS,
 };
 
-use crate::{cli::Args, pipeline::Pipeline, stats::Stats};
+use crate::{
+    cli::Args,
+    pipeline::{Notice, Pipeline},
+    stats::Stats,
+};
 
 fn init_logging(level: tracing::Level) {
     // aya's loader logs every relocation at debug: keep it at info unless
@@ -267,24 +271,57 @@ async fn main() -> anyhow::Result<()> {
     // at most 50 ms, well within the ring's capacity.
     let mut drain_delay = DRAIN_BUSY;
     let mut notices = Vec::new();
+    // Process notices (exec, dlopen) are sent with a wakeup, unlike data:
+    // a library loaded by dlopen should be probed before the program's
+    // first TLS call, not up to 50 ms later. A duplicate of the ring's fd
+    // is polled (edge-triggered: only those wakeups make it ready).
+    let wake = {
+        use std::os::fd::AsFd as _;
+        let fd = ring
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the ring buffer fd")?;
+        // SAFETY: `fd` is an owned duplicate that lives as long as the
+        // AsyncFd (it owns it).
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?
+    };
     let mut last_drops = 0u64;
     tracing::info!(pid = std::process::id(), "tracer ready");
 
     loop {
         tokio::select! {
+            woke = wake.readable() => {
+                if let Ok(mut guard) = woke {
+                    guard.clear_ready();
+                }
+                // Drain now (the branch below runs at once).
+                drain_delay = Duration::ZERO;
+            }
             _ = tokio::time::sleep(drain_delay) => {
                 let read = drain_ring(&mut ring, &mut pipeline);
                 drain_delay = next_drain_delay(drain_delay, read);
                 pipeline.take_notices(&mut notices);
                 if let Some(t) = tls.as_mut() {
                     let now = std::time::Instant::now();
-                    for (kind, tgid) in notices.drain(..) {
-                        match kind {
-                            tracer_common::EVENT_EXEC => t.on_exec(tgid, now),
-                            tracer_common::EVENT_DLOPEN => t.scan_pid(&mut ebpf, tgid),
-                            tracer_common::EVENT_TLS_SEEN => t.on_tls_seen(tgid),
-                            tracer_common::EVENT_PROC_EXIT => t.on_exit(&mut ebpf, tgid),
-                            _ => {}
+                    // A process that dlopens in a loop is scanned once per drain.
+                    let mut scanned = std::collections::HashSet::new();
+                    for notice in notices.drain(..) {
+                        match notice {
+                            Notice::Process(tracer_common::EVENT_EXEC, tgid) => {
+                                t.on_exec(tgid, now)
+                            }
+                            Notice::Process(tracer_common::EVENT_DLOPEN, tgid)
+                                if scanned.insert(tgid) =>
+                            {
+                                t.scan_pid(&mut ebpf, tgid)
+                            }
+                            Notice::Process(tracer_common::EVENT_PROC_EXIT, tgid) => {
+                                t.on_exit(&mut ebpf, tgid)
+                            }
+                            Notice::TlsHandshake(tgid, comm) => t.on_tls_seen(tgid, comm, now),
+                            Notice::TlsPlaintext(tgid) => t.on_plaintext(tgid),
+                            Notice::Process(..) => {}
                         }
                     }
                     t.run_due(&mut ebpf, now);

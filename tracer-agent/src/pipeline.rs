@@ -3,6 +3,7 @@
 //! output (spans are `try_send`-ed and counted when dropped).
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -41,6 +42,20 @@ pub struct Sink {
     pub dropped: DropCounter,
 }
 
+/// What the TLS prober needs to hear about processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `EVENT_EXEC`, `EVENT_DLOPEN` or `EVENT_PROC_EXIT` of a tgid.
+    Process(u8, u32),
+    /// A TLS handshake from this tgid (and its command name).
+    TlsHandshake(u32, String),
+    /// This tgid's TLS library produced plaintext: its TLS is visible.
+    TlsPlaintext(u32),
+}
+
+/// Processes remembered as producing TLS plaintext before the set resets.
+const MAX_TLS_PROCESSES: usize = 65_536;
+
 /// Process notices held between two drains of the ring.
 const MAX_NOTICES: usize = 8192;
 
@@ -73,7 +88,9 @@ pub struct Pipeline {
     /// Reused buffer of the kernel ids for one data event.
     kernel_ids: Vec<crate::linker::KernelIds>,
     /// Process notices for the TLS prober (bounded by `MAX_NOTICES`).
-    notices: Vec<(u8, u32)>,
+    notices: Vec<Notice>,
+    /// Processes already reported as producing TLS plaintext (bounded).
+    tls_plaintext: HashSet<u32>,
     procs: ProcessCache,
     filters: Filters,
     kernel_conns: BpfHashMap<MapData, u64, ConnState>,
@@ -106,6 +123,7 @@ impl Pipeline {
             kernel_ctx: KernelContexts::default(),
             kernel_ids: Vec::new(),
             notices: Vec::new(),
+            tls_plaintext: HashSet::new(),
             procs,
             filters,
             kernel_conns,
@@ -131,7 +149,10 @@ impl Pipeline {
                 }
             }
             Ok(Event::Context(ev)) => self.kernel_ctx.on_event(&ev, &self.stats),
-            Ok(Event::Proc(ev)) => self.notice(ev.kind, ev.tgid),
+            Ok(Event::Proc(ev)) => self.notice(Notice::Process(ev.kind, ev.tgid)),
+            Ok(Event::TlsSeen(ev)) => {
+                self.notice(Notice::TlsHandshake(ev.tgid, comm_str(&ev.comm)))
+            }
             Ok(Event::Close(ev)) => {
                 self.conns.close(
                     ev.tgid,
@@ -160,7 +181,7 @@ impl Pipeline {
                     let _ = self.kernel_conns.remove(&conn_key(ev.tgid, fd));
                 }
                 self.procs.remove(ev.tgid);
-                self.notice(tracer_common::EVENT_PROC_EXIT, ev.tgid);
+                self.notice(Notice::Process(tracer_common::EVENT_PROC_EXIT, ev.tgid));
             }
             Err(e) => {
                 Stats::inc(&self.stats.decode_errors);
@@ -176,20 +197,31 @@ impl Pipeline {
     /// Queues a process notice (exec, dlopen, TLS handshake, exit) for the
     /// TLS prober, which needs the loaded object and runs outside the
     /// pipeline.
-    fn notice(&mut self, kind: u8, tgid: u32) {
+    fn notice(&mut self, n: Notice) {
         if self.notices.len() >= MAX_NOTICES {
             Stats::inc(&self.stats.notices_dropped);
             return;
         }
-        self.notices.push((kind, tgid));
+        self.notices.push(n);
     }
 
     /// Takes the queued process notices.
-    pub fn take_notices(&mut self, out: &mut Vec<(u8, u32)>) {
+    pub fn take_notices(&mut self, out: &mut Vec<Notice>) {
         out.append(&mut self.notices);
     }
 
     fn on_data(&mut self, hdr: &tracer_common::DataHeader, payload: &[u8]) {
+        if matches!(
+            hdr.source,
+            tracer_common::SRC_SSL_READ | tracer_common::SRC_SSL_WRITE
+        ) && !self.tls_plaintext.contains(&hdr.tgid)
+        {
+            if self.tls_plaintext.len() >= MAX_TLS_PROCESSES {
+                self.tls_plaintext.clear();
+            }
+            self.tls_plaintext.insert(hdr.tgid);
+            self.notice(Notice::TlsPlaintext(hdr.tgid));
+        }
         let mut kernel = std::mem::take(&mut self.kernel_ids);
         kernel.clear();
         if !self.kernel_ctx.is_empty() {

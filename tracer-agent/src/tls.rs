@@ -83,11 +83,25 @@ pub enum TlsError {
 type FileKey = (u64, u64);
 
 struct Attached {
+    /// Where it was found (for logs).
+    path: String,
     links: Vec<(&'static str, UProbeLinkId)>,
     /// Processes known to map the file; detached when the last one exits
     /// (unless it is a system library attached at start).
     users: HashSet<u32>,
     permanent: bool,
+}
+
+/// How long after a TLS handshake its process's visibility is judged.
+const TLS_VERDICT_DELAY: Duration = Duration::from_millis(500);
+
+/// A TLS handshake waiting for its visibility verdict.
+struct Verdict {
+    pid: u32,
+    exe: String,
+    /// The process's files when the handshake was seen.
+    maps: Vec<Mapped>,
+    due: Instant,
 }
 
 /// A file mapped by a process, from `/proc/PID/maps`.
@@ -109,6 +123,10 @@ pub struct TlsProbes {
     rejected: HashMap<FileKey, String>,
     libc_hooked: HashSet<FileKey>,
     warned_exes: HashSet<String>,
+    /// Processes whose TLS library produced plaintext (bounded).
+    plaintext: HashSet<u32>,
+    /// TLS handshakes waiting for a visibility verdict.
+    verdicts: Vec<Verdict>,
     pending: BTreeMap<Instant, Vec<u32>>,
     pending_len: usize,
     pub counters: TlsCounters,
@@ -190,6 +208,8 @@ impl TlsProbes {
             rejected: HashMap::new(),
             libc_hooked: HashSet::new(),
             warned_exes: HashSet::new(),
+            plaintext: HashSet::new(),
+            verdicts: Vec::new(),
             pending: BTreeMap::new(),
             pending_len: 0,
             counters: TlsCounters::default(),
@@ -312,6 +332,7 @@ impl TlsProbes {
         self.attached.insert(
             key,
             Attached {
+                path: path.display().to_string(),
                 links,
                 users: pid.into_iter().collect(),
                 permanent: false,
@@ -348,8 +369,9 @@ impl TlsProbes {
         self.pending_len += 1;
     }
 
-    /// Runs the re-scans that are due.
+    /// Runs the re-scans and visibility verdicts that are due.
     pub fn run_due(&mut self, ebpf: &mut Ebpf, now: Instant) {
+        self.run_verdicts(now);
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() > now {
                 break;
@@ -362,9 +384,13 @@ impl TlsProbes {
         }
     }
 
-    /// The next time a re-scan is due, if any.
+    /// The next time a re-scan or verdict is due, if any.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pending.keys().next().copied()
+        let verdict = self.verdicts.iter().map(|v| v.due).min();
+        match (self.pending.keys().next().copied(), verdict) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A process exited: files nobody maps any more are detached.
@@ -377,6 +403,7 @@ impl TlsProbes {
         }
         for key in gone {
             if let Some(a) = self.attached.remove(&key) {
+                tracing::info!("TLS: no process maps {} any more: probes removed", a.path);
                 for (prog, id) in a.links {
                     detach(ebpf, prog, id);
                 }
@@ -385,39 +412,77 @@ impl TlsProbes {
         self.counters.libraries = self.attached.len();
     }
 
-    /// The kernel saw a TLS handshake from `pid`: if none of its files is
-    /// probed, say so once per executable.
-    pub fn on_tls_seen(&mut self, pid: u32) {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
-        };
-        let mapped = parse_maps(&maps);
-        if mapped.iter().any(|m| self.attached.contains_key(&m.key)) {
+    /// The kernel saw a TLS handshake from `pid`. Whether its TLS is
+    /// visible is decided a little later ([`TLS_VERDICT_DELAY`]): by then
+    /// its plaintext, if probed, has arrived, even if the process is gone.
+    pub fn on_tls_seen(&mut self, pid: u32, comm: String, now: Instant) {
+        if self.verdicts.len() >= MAX_PENDING_SCANS || self.verdicts.iter().any(|v| v.pid == pid) {
             return;
         }
+        // The executable, read while the process (probably) still runs.
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| format!("pid {pid}"));
-        if !self.warned_exes.insert(exe.clone()) {
+            .unwrap_or(comm);
+        if self.warned_exes.contains(&exe) {
             return;
         }
-        let why = mapped
-            .iter()
-            .find_map(|m| {
-                self.rejected
-                    .get(&m.key)
-                    .filter(|_| is_libssl(&m.path))
-                    .map(|w| format!("{} could not be probed: {w}", m.path))
-            })
-            .unwrap_or_else(|| {
-                "it exports no SSL_read/SSL_write (a statically linked TLS library \
-                 without exported symbols, such as BoringSSL in grpcio, or a TLS stack \
-                 other than OpenSSL)"
-                    .to_owned()
-            });
-        tracing::warn!(
-            "TLS traffic of {exe} (pid {pid}) is not visible: {why}; its HTTPS requests produce no spans"
-        );
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|m| parse_maps(&m))
+            .unwrap_or_default();
+        self.verdicts.push(Verdict {
+            pid,
+            exe,
+            maps,
+            due: now + TLS_VERDICT_DELAY,
+        });
+    }
+
+    /// `pid`'s TLS library produced plaintext.
+    pub fn on_plaintext(&mut self, pid: u32) {
+        if self.plaintext.len() >= MAX_REJECTED {
+            self.plaintext.clear();
+        }
+        self.plaintext.insert(pid);
+    }
+
+    /// Decides the handshakes that are due: a process whose TLS produced no
+    /// plaintext and none of whose files is probed is invisible; say so
+    /// once per executable.
+    fn run_verdicts(&mut self, now: Instant) {
+        let (due, keep): (Vec<Verdict>, Vec<Verdict>) = std::mem::take(&mut self.verdicts)
+            .into_iter()
+            .partition(|v| v.due <= now);
+        self.verdicts = keep;
+        for v in due {
+            let probed = v.maps.iter().any(|m| self.attached.contains_key(&m.key));
+            if self.plaintext.contains(&v.pid) || probed || self.warned_exes.contains(&v.exe) {
+                continue;
+            }
+            let why = v
+                .maps
+                .iter()
+                .find_map(|m| {
+                    self.rejected
+                        .get(&m.key)
+                        .filter(|_| is_libssl(&m.path))
+                        .map(|w| format!("{} could not be probed: {w}", m.path))
+                })
+                .unwrap_or_else(|| {
+                    "it exports no SSL_read/SSL_write (a statically linked TLS library \
+                     without exported symbols, such as BoringSSL in grpcio, or a TLS stack \
+                     other than OpenSSL)"
+                        .to_owned()
+                });
+            tracing::warn!(
+                "TLS traffic of {} (pid {}) is not visible: {why}; its HTTPS requests produce no spans",
+                v.exe,
+                v.pid
+            );
+            if self.warned_exes.len() >= MAX_REJECTED {
+                self.warned_exes.clear();
+            }
+            self.warned_exes.insert(v.exe);
+        }
     }
 
     /// Detaches everything. Each uprobe detach waits for the kernel to

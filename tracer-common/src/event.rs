@@ -22,8 +22,8 @@ pub const EVENT_EXEC: u8 = 7;
 /// A process's `dlopen` returned (layout [`ProcEvent`]): it may have
 /// loaded a TLS library.
 pub const EVENT_DLOPEN: u8 = 8;
-/// A socket's first bytes were a TLS handshake (layout [`ProcEvent`]); the
-/// agent checks whether that process's TLS library is probed.
+/// A socket's first bytes were a TLS handshake (layout [`TlsSeenEvent`]);
+/// the agent checks whether that process's TLS library is probed.
 pub const EVENT_TLS_SEEN: u8 = 9;
 
 /// Bytes read by the traced process (it received them).
@@ -131,6 +131,18 @@ pub struct ProcEvent {
     pub ts: u64,
 }
 
+/// A socket's first bytes were a TLS handshake ([`EVENT_TLS_SEEN`]); the
+/// command name says who, should the process be gone by the time the
+/// agent looks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsSeenEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub comm: [u8; 16],
+}
+
 /// Per-CPU scratch value used to assemble a data event: the header, then room
 /// for two capture caps so that `offset < MAX_CAPTURE` plus
 /// `len <= MAX_CAPTURE` is provably in bounds for the verifier.
@@ -145,5 +157,6 @@ const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcExitEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<TlsSeenEvent>() == 24);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);

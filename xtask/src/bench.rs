@@ -474,6 +474,23 @@ fn on_phase(
     })
 }
 
+/// BPF run counts and times per program, summed over phases.
+fn bpf_totals(phases: &[OnPhase]) -> Vec<(String, u64, u64)> {
+    let mut totals: Vec<(String, u64, u64)> = Vec::new();
+    for p in phases {
+        for (name, rc, rt) in &p.bpf {
+            match totals.iter_mut().find(|(n, _, _)| n == name) {
+                Some(t) => {
+                    t.1 += rc;
+                    t.2 += rt;
+                }
+                None => totals.push((name.clone(), *rc, *rt)),
+            }
+        }
+    }
+    totals
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -637,18 +654,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         "| BPF program (fixed-rate phases) | runs | mean ns/run |"
     );
     let _ = writeln!(r, "|---|---|---|");
-    let mut totals: Vec<(String, u64, u64)> = Vec::new();
-    for p in &on {
-        for (name, rc, rt) in &p.bpf {
-            match totals.iter_mut().find(|(n, _, _)| n == name) {
-                Some(t) => {
-                    t.1 += rc;
-                    t.2 += rt;
-                }
-                None => totals.push((name.clone(), *rc, *rt)),
-            }
-        }
-    }
+    let totals = bpf_totals(&on);
     let (mut all_rc, mut all_rt) = (0u64, 0u64);
     for (name, rc, rt) in &totals {
         all_rc += rc;
@@ -738,18 +744,7 @@ fn inject_report(
         "| requests injected (fixed rate + saturation) / fixed-rate requests | | {injected} / {completed} | |"
     );
     let _ = writeln!(r, "| request errors | | {errors} | |");
-    let mut totals: Vec<(String, u64, u64)> = Vec::new();
-    for p in inj {
-        for (name, rc, rt) in &p.bpf {
-            match totals.iter_mut().find(|(n, _, _)| n == name) {
-                Some(t) => {
-                    t.1 += rc;
-                    t.2 += rt;
-                }
-                None => totals.push((name.clone(), *rc, *rt)),
-            }
-        }
-    }
+    let totals = bpf_totals(inj);
     let _ = writeln!(
         r,
         "\n| BPF program, inject on (fixed-rate phases) | runs | mean ns/run |"

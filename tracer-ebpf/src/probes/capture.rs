@@ -16,18 +16,18 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    conn_key, ConnOpenEvent, ConnState, DataHeader, DataScratch, ProcEvent, DATA_FLAG_GAP,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_OPEN, EVENT_DATA, EVENT_TLS_SEEN,
-    FAMILY_INET, FAMILY_INET6, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_ACCEPT,
-    ORIGIN_CONNECT, ORIGIN_INFERRED, PROTO_HTTP1, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT,
-    ROLE_SERVER, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG,
-    SRC_SENDTO, SRC_SSL_READ, SRC_SSL_WRITE, SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP,
-    STAT_CONNS_IGNORED, STAT_CONNS_INFERRED, STAT_CONN_INSERT_FAILED, STAT_READ_FAILED,
-    STAT_RINGBUF_DROPS, STAT_TRUNCATED, TAIL_SERVER_CTX, TLS_PLAINTEXT,
+    conn_key, ConnOpenEvent, ConnState, DataHeader, DataScratch, ProcEvent, TlsSeenEvent,
+    DATA_FLAG_GAP, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_OPEN, EVENT_DATA,
+    EVENT_DLOPEN, EVENT_EXEC, EVENT_TLS_SEEN, FAMILY_INET, FAMILY_INET6, MAX_CAPTURE,
+    MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_ACCEPT, ORIGIN_CONNECT, ORIGIN_INFERRED,
+    PROTO_HTTP1, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, SRC_READ, SRC_READV,
+    SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO, SRC_SSL_READ, SRC_SSL_WRITE,
+    SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
+    STAT_CONN_INSERT_FAILED, STAT_READ_FAILED, STAT_RINGBUF_DROPS, STAT_TRUNCATED, TLS_PLAINTEXT,
 };
 
 use super::{
-    context::server_done,
+    context::server_context,
     ctx_nr, ctx_u64,
     tls::{inside_tls_call, note_read},
     CALL_ACCEPT, CALL_CONNECT, OFF_RET, RB_FLAGS,
@@ -97,20 +97,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
                 let Some(scratch) = fill_scratch(pid_tgid, &call, ret as u64, &target) else {
                     return Ok(());
                 };
-                if config().inject_context != 0 && target.server {
-                    if !target.ingress {
-                        // The thread is answering: it no longer serves
-                        // this request.
-                        server_done(pid_tgid, target.conn_id);
-                    } else if starts_request(scratch) {
-                        // Choose the SERVER span's ids now (see
-                        // context.rs); that program sends the data event
-                        // too. Falls through if the table slot is empty.
-                        // SAFETY: tail call with our own context; returns
-                        // only on failure.
-                        unsafe { TAIL_PROGS.tail_call(ctx, TAIL_SERVER_CTX) };
-                    }
-                }
+                server_context(ctx, &TAIL_PROGS, pid_tgid, &target, scratch);
                 output_scratch(scratch);
             }
         }
@@ -318,7 +305,15 @@ pub fn on_data<C: EbpfContext>(
                     if !tls && is_tls_handshake(&head) {
                         // The agent checks the process's TLS library is
                         // probed (and says so once if it is not).
-                        emit_proc(EVENT_TLS_SEEN, tgid);
+                        let ev = TlsSeenEvent {
+                            kind: EVENT_TLS_SEEN,
+                            _pad: [0; 3],
+                            tgid,
+                            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+                        };
+                        if EVENTS.output::<TlsSeenEvent>(&ev, RB_FLAGS).is_err() {
+                            bump(STAT_RINGBUF_DROPS);
+                        }
                     }
                 }
                 return None;
@@ -335,7 +330,8 @@ pub fn on_data<C: EbpfContext>(
     })
 }
 
-/// Sends a process-level notice.
+/// Sends a process-level notice. Exec and dlopen notices wake the agent
+/// (unlike data): it probes new TLS libraries before their first use.
 #[inline(always)]
 pub fn emit_proc(kind: u8, tgid: u32) {
     let ev = ProcEvent {
@@ -344,7 +340,12 @@ pub fn emit_proc(kind: u8, tgid: u32) {
         tgid,
         ts: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<ProcEvent>(&ev, RB_FLAGS).is_err() {
+    let flags = if kind == EVENT_EXEC || kind == EVENT_DLOPEN {
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        RB_FLAGS
+    };
+    if EVENTS.output::<ProcEvent>(&ev, flags).is_err() {
         bump(STAT_RINGBUF_DROPS);
     }
 }

@@ -8,17 +8,22 @@
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
     macros::{tracepoint, uretprobe},
+    maps::ProgramArray,
     programs::{RetProbeContext, TracePointContext},
+    EbpfContext,
 };
 use tracer_common::{
-    TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX, STAT_RINGBUF_DROPS,
-    STAT_SERVER_CTX, STAT_TRACESTATE_TOO_LONG, TRACESTATE_MAX,
+    DataScratch, TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX,
+    STAT_RINGBUF_DROPS, STAT_SERVER_CTX, STAT_TRACESTATE_TOO_LONG, TAIL_SERVER_CTX, TRACESTATE_MAX,
 };
 
-use super::{capture::output_scratch, RB_FLAGS};
+use super::{
+    capture::{output_scratch, starts_request, DataTarget},
+    RB_FLAGS,
+};
 use crate::{
     head::{get32, parse_traceparent, scan, set32, skip_ows},
-    maps::{bump, CTX_BUILD, EVENTS, SCRATCH, SERVER_SCAN, THREAD_CTX},
+    maps::{bump, config, CTX_BUILD, EVENTS, SCRATCH, SERVER_SCAN, THREAD_CTX},
 };
 
 /// Random non-zero ids (`bpf_get_prandom_u32`).
@@ -190,6 +195,29 @@ fn copy_tracestate(
         return;
     }
     set32(&mut out.tracestate_len, len & !FOUND);
+}
+
+/// With injection on, a SERVER connection's data updates its thread's
+/// SERVER context: an answer ends it, a request start chooses it (through
+/// the tail call in `tails`, whose program also sends the data event; the
+/// caller sends it when the call fails or is not made).
+#[inline(always)]
+pub fn server_context<C: EbpfContext>(
+    ctx: &C,
+    tails: &ProgramArray,
+    pid_tgid: u64,
+    target: &DataTarget,
+    scratch: &DataScratch,
+) {
+    if config().inject_context == 0 || !target.server {
+        return;
+    }
+    if !target.ingress {
+        server_done(pid_tgid, target.conn_id);
+    } else if starts_request(scratch) {
+        // SAFETY: tail call with our own context; returns only on failure.
+        unsafe { tails.tail_call(ctx, TAIL_SERVER_CTX) };
+    }
 }
 
 /// The thread answered (or closed) connection `conn_id`: it is no longer

@@ -20,12 +20,12 @@ use aya_ebpf::{
 };
 use tracer_common::{
     conn_key, EVENT_DLOPEN, EVENT_EXEC, MAX_SSL_FDS, SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_CALLS,
-    STAT_TLS_NO_FD, TAIL_SERVER_CTX, TLS_SOCKET,
+    STAT_TLS_NO_FD, TLS_SOCKET,
 };
 
 use super::{
-    capture::{emit_proc, fill_scratch, on_data, output_scratch, starts_request},
-    context::server_done,
+    capture::{emit_proc, fill_scratch, on_data, output_scratch},
+    context::server_context,
     syscalls::traced,
 };
 use crate::maps::{bump, config, PendingCall, CONNS};
@@ -259,17 +259,7 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
     };
     let target = on_data(ctx, pid_tgid, &pending, bytes)?;
     let scratch = fill_scratch(pid_tgid, &pending, bytes, &target)?;
-    if config().inject_context != 0 && target.server {
-        // As in the syscall exit hook: a TLS server's requests get their
-        // SERVER context in the kernel too, so plaintext calls it makes
-        // are injected as its children.
-        if !target.ingress {
-            server_done(pid_tgid, target.conn_id);
-        } else if starts_request(scratch) {
-            // SAFETY: tail call with our own context; returns only on failure.
-            unsafe { TLS_TAIL_PROGS.tail_call(ctx, TAIL_SERVER_CTX) };
-        }
-    }
+    server_context(ctx, &TLS_TAIL_PROGS, pid_tgid, &target, scratch);
     output_scratch(scratch);
     Some(())
 }
