@@ -56,11 +56,10 @@ const SYSTEM_LIB_DIRS: [&str; 5] = [
 
 /// After an exec, when to look at the process's libraries again (the
 /// dynamic loader maps them right after the exec returns).
-const EXEC_RESCANS: [Duration; 3] = [
-    Duration::from_millis(5),
-    Duration::from_millis(100),
-    Duration::from_secs(1),
-];
+/// Two are enough: libraries loaded later come through `dlopen`, which is
+/// hooked, and each re-scan costs a maps read (hosts that exec thousands
+/// of processes a second pay it per exec).
+const EXEC_RESCANS: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(100)];
 /// Pending re-scans kept at once; beyond it new ones are dropped (counted).
 const MAX_PENDING_SCANS: usize = 4096;
 /// Files remembered as not usable (no exported `SSL_write`), so they are
@@ -167,6 +166,13 @@ pub fn parse_maps(text: &str) -> Vec<Mapped> {
         }
     }
     out
+}
+
+/// What "once per executable" is keyed by: the file name cut to the
+/// kernel's command-name length, so a path read from /proc and the command
+/// name of a process already gone name the same program.
+fn exe_key(exe: &str) -> String {
+    basename(exe).chars().take(15).collect()
 }
 
 fn basename(path: &str) -> &str {
@@ -419,11 +425,12 @@ impl TlsProbes {
         if self.verdicts.len() >= MAX_PENDING_SCANS || self.verdicts.iter().any(|v| v.pid == pid) {
             return;
         }
-        // The executable, read while the process (probably) still runs.
+        // The executable, read while the process (probably) still runs;
+        // else its command name (the kernel's 15-byte cut of the file name).
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
             .unwrap_or(comm);
-        if self.warned_exes.contains(&exe) {
+        if self.warned_exes.contains(&exe_key(&exe)) {
             return;
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
@@ -455,7 +462,8 @@ impl TlsProbes {
         self.verdicts = keep;
         for v in due {
             let probed = v.maps.iter().any(|m| self.attached.contains_key(&m.key));
-            if self.plaintext.contains(&v.pid) || probed || self.warned_exes.contains(&v.exe) {
+            let key = exe_key(&v.exe);
+            if self.plaintext.contains(&v.pid) || probed || self.warned_exes.contains(&key) {
                 continue;
             }
             let why = v
@@ -481,7 +489,7 @@ impl TlsProbes {
             if self.warned_exes.len() >= MAX_REJECTED {
                 self.warned_exes.clear();
             }
-            self.warned_exes.insert(v.exe);
+            self.warned_exes.insert(key);
         }
     }
 
@@ -546,5 +554,14 @@ garbage line
         assert!(is_libc(&m[1].path));
         assert!(!is_libssl("/usr/lib/libssl3.so"));
         assert!(is_libssl("/usr/lib/libssl.so.1.1"));
+    }
+
+    #[test]
+    fn an_executable_is_the_same_by_path_or_command_name() {
+        assert_eq!(exe_key("/usr/bin/hey"), exe_key("hey"));
+        assert_eq!(
+            exe_key("/opt/app/bin/a-very-long-program-name"),
+            exe_key("a-very-long-pro")
+        );
     }
 }
