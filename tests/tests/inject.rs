@@ -96,7 +96,7 @@ fn three_uninstrumented_services_form_one_trace() {
     if !require_root("three_uninstrumented_services_form_one_trace") {
         return;
     }
-    let agent = Agent::start(&["--inject-context", "on"]);
+    let mut agent = Agent::start(&["--inject-context", "on"]);
     let c_port = free_port();
     let (nginx_c, _dir) = nginx(c_port, "location /next/ { return 200 \"c\\n\"; }");
     let b_port = free_port();
@@ -192,6 +192,70 @@ fn three_uninstrumented_services_form_one_trace() {
     parent_is(&b_s, &a_c);
     parent_is(&b_c, &b_s);
     parent_is(&c_s, &b_c);
+
+    // 3. Incoming B3 (single, multi) or Jaeger context only: continued end
+    //    to end too (the kernel reads them in the agent's order). The
+    //    Jaeger trace id has 31 digits, as clients print it without
+    //    leading zeros.
+    let t31 = &T[1..];
+    let cases: [(&str, Vec<String>, String, u8); 4] = [
+        ("b3single", vec![format!("b3: {T}-{S}-1")], T.to_owned(), 1),
+        (
+            "b3multi",
+            vec![
+                format!("X-B3-TraceId: {T}"),
+                format!("X-B3-SpanId: {S}"),
+                "X-B3-Sampled: 0".to_owned(),
+            ],
+            T.to_owned(),
+            0,
+        ),
+        (
+            "jaeger",
+            vec![format!("uber-trace-id: {t31}:{S}:0:1")],
+            format!("0{t31}"),
+            1,
+        ),
+        // A 64-bit B3 trace id is the low half of the 128-bit one.
+        (
+            "b3short",
+            vec![format!("b3: {}-{S}-1", &T[16..])],
+            format!("{}{}", "0".repeat(16), &T[16..]),
+            1,
+        ),
+    ];
+    for (tag, headers, trace, flags) in &cases {
+        let url = format!("http://127.0.0.1:{a_port}/{tag}");
+        let mut args = vec!["-o", "/dev/null"];
+        for h in headers {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        curl(&args);
+        let (spans, [_curl_c, a_s, a_c, b_s, b_c, c_s]) = chain(tag);
+        for sp in &spans {
+            assert_eq!(s(sp, "trace_id"), trace, "{tag}: trace id kept: {spans:#?}");
+            assert_eq!(
+                sp["trace_flags"], *flags,
+                "{tag}: sampled flag kept: {sp:#}"
+            );
+        }
+        assert_eq!(s(&a_s, "parent_span_id"), S, "{tag}");
+        parent_is(&a_c, &a_s);
+        parent_is(&b_s, &a_c);
+        parent_is(&b_c, &b_s);
+        parent_is(&c_s, &b_c);
+    }
+    // The kernel and the agent agreed on every SERVER context, and the
+    // kernel injected into each hop's requests.
+    agent.stop();
+    let log = agent.log();
+    let summary = log.lines().find(|l| l.contains("summary:")).unwrap_or("");
+    assert!(
+        !summary.contains("inject_context_mismatch="),
+        "kernel and agent chose different traces: {summary}"
+    );
+    assert!(summary.contains(" injected="), "{summary}");
 }
 
 /// Reads one `Content-Length` response and returns its body.

@@ -68,6 +68,24 @@ fn kernel_log_level(level: tracing::Level) -> u8 {
     }
 }
 
+/// The propagator order as the kernel reads it (`Config::propagators`):
+/// four bits per format, first in the low bits; custom headers are the
+/// agent's alone.
+fn kernel_propagators(order: &[protocols::propagation::Propagator]) -> u32 {
+    use protocols::propagation::Propagator;
+    order
+        .iter()
+        .filter_map(|p| match p {
+            Propagator::TraceContext => Some(1u32),
+            Propagator::B3 => Some(2),
+            Propagator::Jaeger => Some(3),
+            Propagator::Custom(_) => None,
+        })
+        .take(4)
+        .enumerate()
+        .fold(0, |acc, (i, code)| acc | (code << (4 * i)))
+}
+
 /// Sums the kernel's per-CPU counters.
 fn kernel_stats(map: &PerCpuArray<aya::maps::MapData, u64>) -> Vec<(&'static str, u64)> {
     (0..STAT_COUNT)
@@ -146,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
             filter_pids: u32::from(!args.pids.is_empty()),
             inflight_mask: probes::inflight_slots() - 1,
             inject_context: u32::from(args.inject_context == cli::Switch::On),
-            _pad: 0,
+            propagators: kernel_propagators(&propagators),
         },
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),
@@ -403,5 +421,19 @@ mod tests {
         assert_eq!(d, DRAIN_IDLE);
         assert_eq!(next_drain_delay(d, 1), DRAIN_BUSY);
         assert_eq!(next_drain_delay(DRAIN_BUSY, 0), DRAIN_BUSY * 2);
+    }
+
+    #[test]
+    fn propagator_order_for_the_kernel() {
+        use protocols::propagation::Propagator as P;
+        assert_eq!(
+            kernel_propagators(&[P::TraceContext, P::B3, P::Jaeger]),
+            0x321
+        );
+        assert_eq!(
+            kernel_propagators(&[P::Custom("x".into()), P::B3, P::TraceContext]),
+            0x12
+        );
+        assert_eq!(kernel_propagators(&[]), 0);
     }
 }

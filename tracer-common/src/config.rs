@@ -60,7 +60,10 @@ pub struct Config {
     /// Non-zero: choose trace ids in the kernel and inject `traceparent`
     /// into outgoing HTTP/1 requests (`--inject-context on`).
     pub inject_context: u32,
-    pub _pad: u32,
+    /// Trace-context formats the kernel reads for SERVER contexts, in the
+    /// agent's `--propagators` order: four bits each, first in the low
+    /// bits (1 tracecontext, 2 b3, 3 jaeger, 0 end).
+    pub propagators: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 24);

@@ -49,8 +49,9 @@ pub const EVENT_SERVER_CTX: u8 = 5;
 /// `tid` writes (the data event follows on the same thread).
 pub const EVENT_INJECTED: u8 = 6;
 
-/// `TraceCtxEvent::origin` of a SERVER context: from an inbound W3C
-/// `traceparent`, or a new trace.
+/// `TraceCtxEvent::origin` of a SERVER context: from an inbound trace
+/// header (W3C, B3 or Jaeger, in `Config::propagators` order), or a new
+/// trace.
 pub const CTX_FROM_TRACEPARENT: u8 = 1;
 pub const CTX_NEW_TRACE: u8 = 2;
 /// `TraceCtxEvent::origin` of an injection: child of the SERVER span the

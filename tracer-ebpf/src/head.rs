@@ -39,6 +39,16 @@ pub struct HeadScan {
     /// Value offsets of the first `traceparent` / `tracestate`.
     pub traceparent: u32,
     pub tracestate: u32,
+    /// Value offsets of the first B3 (single and multi) and Jaeger headers.
+    pub b3: u32,
+    pub x_b3_traceid: u32,
+    pub x_b3_spanid: u32,
+    pub x_b3_sampled: u32,
+    pub x_b3_flags: u32,
+    pub uber: u32,
+    /// Digits counted by `propagation::decode_var_hex` (in memory, like
+    /// the rest).
+    pub digits: u32,
     /// Any trace header (W3C, B3 single or multi, Jaeger).
     pub has_context: u32,
     pub framing: u32,
@@ -109,6 +119,9 @@ fn name_is<const N: usize>(d: &[u8; N], at: usize, pat: &[u8]) -> bool {
 }
 
 /// Skips optional whitespace (at most 8 bytes of it).
+/// Offsets into a scanned buffer are masked with this.
+pub const OFFSET_MASK: usize = MASK;
+
 #[inline(always)]
 pub fn skip_ows<const N: usize>(d: &[u8; N], at: usize) -> usize {
     let mut at = at & MASK;
@@ -158,6 +171,12 @@ pub fn scan<const N: usize>(d: &[u8; N], n: usize, s: &mut HeadScan) {
     set32(&mut s.head_end, 0);
     set32(&mut s.traceparent, 0);
     set32(&mut s.tracestate, 0);
+    set32(&mut s.b3, 0);
+    set32(&mut s.x_b3_traceid, 0);
+    set32(&mut s.x_b3_spanid, 0);
+    set32(&mut s.x_b3_sampled, 0);
+    set32(&mut s.x_b3_flags, 0);
+    set32(&mut s.uber, 0);
     set32(&mut s.has_context, 0);
     set32(&mut s.framing, FRAMING_NONE);
     set32(&mut s.upgrade, 0);
@@ -190,18 +209,49 @@ pub fn scan<const N: usize>(d: &[u8; N], n: usize, s: &mut HeadScan) {
         return;
     }
     set32(&mut s.line_end, first as u32 + 1);
-    for k in 1..MAX_LINES {
-        if k >= get32(&s.nl_count) as usize {
-            break;
-        }
-        let start = (get32(&s.nl[(k - 1) & (MAX_LINES - 1)]) as usize + 1) & MASK;
-        let end = get32(&s.nl[k & (MAX_LINES - 1)]) as usize & MASK;
-        if end == start + 1 && d[start] == b'\r' {
-            set32(&mut s.head_end, end as u32 + 1);
-            break;
-        }
-        check_header(d, start, s);
+    // One callback run per header line, through `bpf_loop` for the same
+    // reason as above: checked once, not once per line.
+    let mut ctx = NewlineCtx {
+        d: d.as_ptr(),
+        s: s as *mut HeadScan,
+    };
+    // SAFETY: the callback reads `d` within `SCAN_BUF` and writes `s`.
+    unsafe {
+        bpf_loop(
+            MAX_LINES as u32,
+            check_line::<N> as *mut core::ffi::c_void,
+            (&mut ctx as *mut NewlineCtx).cast(),
+            0,
+        )
+    };
+}
+
+/// `bpf_loop` callback: header line `k` (1-based; line 0 is the request
+/// line). Returns 1 at the blank line that ends the head, or past the last
+/// line found.
+#[inline(never)]
+extern "C" fn check_line<const N: usize>(k: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `NewlineCtx` that `scan` passed; its buffer is a
+    // `[u8; N]`.
+    let (d, s) = unsafe {
+        let c = &*(ctx as *const NewlineCtx);
+        (&*(c.d as *const [u8; N]), &mut *c.s)
+    };
+    let k = (k as usize) & (MAX_LINES - 1);
+    if k == 0 {
+        return 0;
     }
+    if k >= get32(&s.nl_count) as usize {
+        return 1;
+    }
+    let start = (get32(&s.nl[(k - 1) & (MAX_LINES - 1)]) as usize + 1) & MASK;
+    let end = get32(&s.nl[k]) as usize & MASK;
+    if end == start + 1 && d[start] == b'\r' {
+        set32(&mut s.head_end, end as u32 + 1);
+        return 1;
+    }
+    check_header(d, start, s);
+    0
 }
 
 /// What `find_newline` works on.
@@ -236,6 +286,15 @@ extern "C" fn find_newline(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     set32(&mut s.nl[c & (MAX_LINES - 1)], i as u32);
     set32(&mut s.nl_count, c as u32 + 1);
     0
+}
+
+/// Records the offset of a header's value unless one was recorded (the
+/// agent also reads the first of repeated headers).
+#[inline(always)]
+fn first(field: &mut u32, at: usize) {
+    if get32(field) == 0 {
+        set32(field, at as u32);
+    }
 }
 
 #[inline(always)]
@@ -296,16 +355,25 @@ fn check_header<const N: usize>(d: &[u8; N], start: usize, s: &mut HeadScan) {
         b'b' => {
             if name_is(d, start, b"b3:") {
                 set32(&mut s.has_context, 1);
+                first(&mut s.b3, start + 3);
             }
         }
         b'x' => {
             if name_is(d, start, b"x-b3-traceid:") {
                 set32(&mut s.has_context, 1);
+                first(&mut s.x_b3_traceid, start + 13);
+            } else if name_is(d, start, b"x-b3-spanid:") {
+                first(&mut s.x_b3_spanid, start + 12);
+            } else if name_is(d, start, b"x-b3-sampled:") {
+                first(&mut s.x_b3_sampled, start + 13);
+            } else if name_is(d, start, b"x-b3-flags:") {
+                first(&mut s.x_b3_flags, start + 11);
             }
         }
         b'u' => {
             if name_is(d, start, b"uber-trace-id:") {
                 set32(&mut s.has_context, 1);
+                first(&mut s.uber, start + 14);
             } else if name_is(d, start, b"upgrade:") {
                 set32(&mut s.upgrade, 1);
             }

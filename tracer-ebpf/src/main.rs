@@ -17,6 +17,8 @@ mod head;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod propagation;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

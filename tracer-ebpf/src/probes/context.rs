@@ -24,6 +24,9 @@ use super::{
 use crate::{
     head::{get32, parse_traceparent, scan, set32, skip_ows},
     maps::{bump, config, CTX_BUILD, EVENTS, SCRATCH, SERVER_SCAN, THREAD_CTX},
+    propagation::{
+        parse_b3_multi, parse_b3_single, parse_jaeger, Ids, CODE_B3, CODE_JAEGER, CODE_TRACECONTEXT,
+    },
 };
 
 /// Random non-zero ids (`bpf_get_prandom_u32`).
@@ -100,17 +103,50 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
     let pid_tgid = (u64::from(hdr.tgid) << 32) | u64::from(hdr.tid);
     let tp_at = get32(&s.traceparent) as usize;
     let ts_at = get32(&s.tracestate) as usize;
-    // The ids are decoded straight into the map value (see `decode_hex`).
+    // The ids are decoded straight into the map value (see `decode_hex`),
+    // from the first valid header in the agent's propagator order.
     let mut flags = [1u8];
-    let from_header = tp_at != 0
-        && parse_traceparent(
-            &scratch.data,
-            tp_at,
-            n,
-            &mut build.trace_id,
-            &mut build.parent_id,
-            &mut flags,
-        );
+    let order = config().propagators;
+    let mut from_header = false;
+    let mut from_w3c = false;
+    for i in 0..4 {
+        let code = (order >> (4 * i)) & 0xf;
+        if code == 0 || from_header {
+            break;
+        }
+        let mut ids = Ids {
+            trace_id: &mut build.trace_id,
+            span_id: &mut build.parent_id,
+            flags: &mut flags,
+        };
+        from_header = match code {
+            CODE_TRACECONTEXT => {
+                from_w3c = tp_at != 0
+                    && parse_traceparent(
+                        &scratch.data,
+                        tp_at,
+                        n,
+                        ids.trace_id,
+                        ids.span_id,
+                        ids.flags,
+                    );
+                from_w3c
+            }
+            CODE_B3 => {
+                let single = get32(&s.b3) as usize;
+                if single != 0 {
+                    parse_b3_single(&scratch.data, single, n, s, &mut ids)
+                } else {
+                    parse_b3_multi(&scratch.data, n, s, &mut ids)
+                }
+            }
+            CODE_JAEGER => {
+                let uber = get32(&s.uber) as usize;
+                uber != 0 && parse_jaeger(&scratch.data, uber, n, s, &mut ids)
+            }
+            _ => false,
+        };
+    }
     let mut ev = TraceCtxEvent {
         kind: EVENT_SERVER_CTX,
         flags: 1,
@@ -146,7 +182,8 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
     build.flags = ev.flags;
     build.ambiguous = u8::from(ambiguous);
     build.tracestate_len = 0;
-    if from_header && ts_at != 0 {
+    // tracestate goes with traceparent only.
+    if from_w3c && ts_at != 0 {
         copy_tracestate(&scratch.data, ts_at, s, build);
     }
     // By reference: the value is ~300 bytes, more than the stack should hold.
