@@ -59,18 +59,33 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Undoes mountinfo's `\ooo` escapes; anything else (not octal, above
+/// 255, cut short) is kept as it is.
 fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
+    let digit = |i: usize| {
+        b.get(i)
+            .filter(|c| (b'0'..=b'7').contains(c))
+            .map(|c| u32::from(c - b'0'))
+    };
+    let escape = |i: usize| -> Option<u8> {
+        if b[i] != b'\\' {
+            return None;
+        }
+        u8::try_from(digit(i + 1)? * 64 + digit(i + 2)? * 8 + digit(i + 3)?).ok()
+    };
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        match escape(i) {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -180,5 +195,7 @@ mod tests {
             None
         );
         assert_eq!(cgroup2_mount("garbage"), None);
+        // Not octal, out of range, cut short: kept as they are.
+        assert_eq!(unescape_octal("a\\999b\\777\\04"), "a\\999b\\777\\04");
     }
 }

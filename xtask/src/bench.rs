@@ -196,6 +196,13 @@ fn tls_url() -> String {
 }
 
 fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Guard> {
+    // Another server on these ports (a leftover of an interrupted run)
+    // would be measured instead of ours: refuse.
+    for p in [port, TLS_PORT] {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            bail!("port {p} on 127.0.0.1 is in use: stop whatever listens there first");
+        }
+    }
     let d = dir.display();
     std::fs::create_dir_all(dir)?;
     // A self-signed certificate for the HTTPS listener.
