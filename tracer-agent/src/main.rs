@@ -86,6 +86,20 @@ fn kernel_propagators(order: &[protocols::propagation::Propagator]) -> u32 {
         .fold(0, |acc, (i, code)| acc | (code << (4 * i)))
 }
 
+/// The TLS prober's counters for the log lines (empty when TLS is off).
+fn tls_counters(tls: Option<&tls::TlsProbes>) -> String {
+    match tls {
+        Some(t) => format!(
+            " | tls: {}",
+            format_counters(&[
+                ("tls_files_probed", t.counters.libraries as u64),
+                ("tls_rescans_dropped", t.counters.rescans_dropped),
+            ])
+        ),
+        None => String::new(),
+    }
+}
+
 /// Sums the kernel's per-CPU counters.
 fn kernel_stats(map: &PerCpuArray<aya::maps::MapData, u64>) -> Vec<(&'static str, u64)> {
     (0..STAT_COUNT)
@@ -358,9 +372,10 @@ async fn main() -> anyhow::Result<()> {
                     conns = pipeline.conn_count(),
                     processes = pipeline.process_count(),
                     otlp_queue = export::otlp::queue_depth(&otlp_queued),
-                    "agent: {} | kernel: {}",
+                    "agent: {} | kernel: {}{}",
                     format_counters(&stats.snapshot()),
                     format_counters(&kernel),
+                    tls_counters(tls.as_ref()),
                 );
                 // Lost data is worth a warning (once per interval at most).
                 let drops = kernel.get(STAT_RINGBUF_DROPS as usize).map_or(0, |(_, v)| *v);
@@ -401,9 +416,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tracing::info!(
-        "summary: agent: {} | kernel: {}",
+        "summary: agent: {} | kernel: {}{}",
         format_counters(&stats.snapshot()),
-        kernel_summary
+        kernel_summary,
+        tls_counters(tls.as_ref())
     );
     Ok(())
 }
