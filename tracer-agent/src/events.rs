@@ -4,9 +4,9 @@
 
 use thiserror::Error;
 use tracer_common::{
-    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcEvent, ProcExitEvent, TlsSeenEvent,
-    TraceCtxEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC,
-    EVENT_INJECTED, EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
+    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcEvent, TlsSeenEvent, TraceCtxEvent,
+    EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC, EVENT_INJECTED,
+    EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum Event<'a> {
     Open(ConnOpenEvent),
     Data(DataHeader, &'a [u8]),
     Close(ConnCloseEvent),
-    Exit(ProcExitEvent),
+    Exit(ProcEvent),
     /// Ids the kernel chose for a SERVER span ([`EVENT_SERVER_CTX`]) or
     /// injected into a CLIENT request ([`EVENT_INJECTED`]).
     Context(TraceCtxEvent),

@@ -110,18 +110,8 @@ pub struct ConnCloseEvent {
     pub ts: u64,
 }
 
-/// A process (thread-group leader) exited: all of its state can go.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcExitEvent {
-    pub kind: u8,
-    pub _pad: [u8; 3],
-    pub tgid: u32,
-    pub ts: u64,
-}
-
-/// A process-level notice ([`EVENT_EXEC`], [`EVENT_DLOPEN`],
-/// [`EVENT_TLS_SEEN`]).
+/// A process-level event: [`EVENT_PROC_EXIT`] (the thread-group leader
+/// exited: all of its state can go), [`EVENT_EXEC`], [`EVENT_DLOPEN`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcEvent {
@@ -155,7 +145,6 @@ pub struct DataScratch {
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<ProcExitEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<TlsSeenEvent>() == 24);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());

@@ -152,6 +152,27 @@ pub struct Ids<'a> {
     pub flags: &'a mut [u8; 1],
 }
 
+/// `{trace}{sep}{span}` (after optional whitespace), the start of both
+/// the B3 single header and `uber-trace-id`: returns the offset just past
+/// the span id and its digit count.
+#[inline(always)]
+fn trace_then_span<const B: usize>(
+    d: &[u8; B],
+    at: usize,
+    sep: u8,
+    s: &mut HeadScan,
+    ids: &mut Ids<'_>,
+) -> Option<(usize, usize)> {
+    let at = crate::head::skip_ows(d, at) & OFFSET_MASK;
+    let t = decode_var_hex(d, at, &mut ids.trace_id[..], s)?;
+    let at = (at + t) & OFFSET_MASK;
+    if d[at] != sep {
+        return None;
+    }
+    let sp = decode_var_hex(d, at + 1, &mut ids.span_id[..], s)?;
+    Some(((at + 1 + sp) & OFFSET_MASK, sp))
+}
+
 /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`; `n` bytes of `d` are valid.
 #[inline(always)]
 pub fn parse_b3_single<const B: usize>(
@@ -161,21 +182,12 @@ pub fn parse_b3_single<const B: usize>(
     s: &mut HeadScan,
     ids: &mut Ids<'_>,
 ) -> bool {
-    let at = crate::head::skip_ows(d, at) & OFFSET_MASK;
-    let Some(t) = decode_var_hex(d, at, &mut ids.trace_id[..], s) else {
-        return false;
-    };
-    let at = (at + t) & OFFSET_MASK;
-    if d[at] != b'-' {
-        return false;
-    }
-    let Some(sp) = decode_var_hex(d, at + 1, &mut ids.span_id[..], s) else {
+    let Some((at, sp)) = trace_then_span(d, at, b'-', s, ids) else {
         return false;
     };
     if sp != 16 {
         return false;
     }
-    let at = (at + 1 + 16) & OFFSET_MASK;
     let flags = match d[at] {
         // Deferred: follow the caller, which propagated ids.
         b'\r' | b' ' | b'\t' => 1,
@@ -248,18 +260,9 @@ pub fn parse_jaeger<const B: usize>(
     s: &mut HeadScan,
     ids: &mut Ids<'_>,
 ) -> bool {
-    let at = crate::head::skip_ows(d, at) & OFFSET_MASK;
-    let Some(t) = decode_var_hex(d, at, &mut ids.trace_id[..], s) else {
+    let Some((at, _)) = trace_then_span(d, at, b':', s, ids) else {
         return false;
     };
-    let at = (at + t) & OFFSET_MASK;
-    if d[at] != b':' {
-        return false;
-    }
-    let Some(sp) = decode_var_hex(d, at + 1, &mut ids.span_id[..], s) else {
-        return false;
-    };
-    let at = (at + 1 + sp) & OFFSET_MASK;
     if d[at] != b':' {
         return false;
     }

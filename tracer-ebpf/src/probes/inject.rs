@@ -55,22 +55,42 @@ const TCP_CLOSE: u32 = 7;
 /// `traceparent: 00-` + 32 + `-` + 16 + `-` + 2 + CRLF.
 const TRACEPARENT_LINE: usize = 70;
 
-/// Reads a `u32` field of the `sk_msg_md` context. Volatile, one field at
-/// a time: the verifier only allows loads at a constant offset from the
-/// context pointer itself, not through a pointer LLVM derived from it.
-macro_rules! md {
-    ($ctx:expr, $($field:tt)+) => {
+/// Reads one field of a context (`sk_msg_md` through `ctx.msg`,
+/// `bpf_sock_ops` through `ctx.ops`). Volatile, one field at a time: the
+/// verifier only allows loads at a constant offset from the context
+/// pointer itself, not through a pointer LLVM derived from it.
+macro_rules! field {
+    ($ptr:expr, $($field:tt)+) => {
         // SAFETY: a load of a field of this program's context.
-        unsafe { core::ptr::read_volatile(&(*$ctx.msg).$($field)+) }
+        unsafe { core::ptr::read_volatile(&(*$ptr).$($field)+) }
     };
 }
 
-/// The same for the `bpf_sock_ops` context.
-macro_rules! ops {
-    ($ctx:expr, $($field:tt)+) => {
-        // SAFETY: a load of a field of this program's context.
-        unsafe { core::ptr::read_volatile(&(*$ctx.ops).$($field)+) }
-    };
+/// The [`SockKey`] of a socket from either context: `bpf_sock_ops` and
+/// `sk_msg_md` name and encode these fields the same way.
+macro_rules! sock_key {
+    ($ptr:expr) => {{
+        let family = field!($ptr, family);
+        let mut key = SockKey {
+            family,
+            local_port: field!($ptr, local_port),
+            remote_port: field!($ptr, remote_port),
+            ..SockKey::default()
+        };
+        if family == AF_INET {
+            key.local_ip[0] = field!($ptr, local_ip4);
+            key.remote_ip[0] = field!($ptr, remote_ip4);
+            Some(key)
+        } else if family == AF_INET6 {
+            for i in 0..4 {
+                key.local_ip[i] = field!($ptr, local_ip6[i]);
+                key.remote_ip[i] = field!($ptr, remote_ip6[i]);
+            }
+            Some(key)
+        } else {
+            None
+        }
+    }};
 }
 
 #[sock_ops]
@@ -109,64 +129,12 @@ fn on_sock_ops(ctx: &SockOpsContext) {
 
 #[inline(always)]
 fn ops_key(ctx: &SockOpsContext) -> Option<SockKey> {
-    let family = ops!(ctx, family);
-    let mut key = SockKey {
-        family,
-        local_port: ops!(ctx, local_port),
-        remote_port: ops!(ctx, remote_port),
-        ..SockKey::default()
-    };
-    if family == AF_INET {
-        key.local_ip[0] = ops!(ctx, local_ip4);
-        key.remote_ip[0] = ops!(ctx, remote_ip4);
-    } else if family == AF_INET6 {
-        key.local_ip = [
-            ops!(ctx, local_ip6[0]),
-            ops!(ctx, local_ip6[1]),
-            ops!(ctx, local_ip6[2]),
-            ops!(ctx, local_ip6[3]),
-        ];
-        key.remote_ip = [
-            ops!(ctx, remote_ip6[0]),
-            ops!(ctx, remote_ip6[1]),
-            ops!(ctx, remote_ip6[2]),
-            ops!(ctx, remote_ip6[3]),
-        ];
-    } else {
-        return None;
-    }
-    Some(key)
+    sock_key!(ctx.ops)
 }
 
 #[inline(always)]
 fn msg_key(ctx: &SkMsgContext) -> Option<SockKey> {
-    let family = md!(ctx, family);
-    let mut key = SockKey {
-        family,
-        local_port: md!(ctx, local_port),
-        remote_port: md!(ctx, remote_port),
-        ..SockKey::default()
-    };
-    if family == AF_INET {
-        key.local_ip[0] = md!(ctx, local_ip4);
-        key.remote_ip[0] = md!(ctx, remote_ip4);
-    } else if family == AF_INET6 {
-        key.local_ip = [
-            md!(ctx, local_ip6[0]),
-            md!(ctx, local_ip6[1]),
-            md!(ctx, local_ip6[2]),
-            md!(ctx, local_ip6[3]),
-        ];
-        key.remote_ip = [
-            md!(ctx, remote_ip6[0]),
-            md!(ctx, remote_ip6[1]),
-            md!(ctx, remote_ip6[2]),
-            md!(ctx, remote_ip6[3]),
-        ];
-    } else {
-        return None;
-    }
-    Some(key)
+    sock_key!(ctx.msg)
 }
 
 #[sk_msg]
@@ -414,8 +382,8 @@ fn inject(
 fn ports(ctx: &SkMsgContext) -> u64 {
     // `remote_port` is the big-endian port in the upper half (see
     // `sk_msg_convert_ctx_access`); `local_port` is in host order.
-    let remote = u16::from_be((md!(ctx, remote_port) >> 16) as u16);
-    (u64::from(md!(ctx, local_port) as u16) << 16) | u64::from(remote)
+    let remote = u16::from_be((field!(ctx.msg, remote_port) >> 16) as u16);
+    (u64::from(field!(ctx.msg, local_port) as u16) << 16) | u64::from(remote)
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    conn_key, ConnCloseEvent, ProcExitEvent, EVENT_CONN_CLOSE, EVENT_PROC_EXIT, PROTO_HTTP1,
+    conn_key, ConnCloseEvent, ProcEvent, EVENT_CONN_CLOSE, EVENT_PROC_EXIT, PROTO_HTTP1,
     PROTO_HTTP2, ROLE_SERVER, STAT_RINGBUF_DROPS,
 };
 
@@ -58,13 +58,13 @@ pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != pid_tgid as u32 {
         return 0;
     }
-    let ev = ProcExitEvent {
+    let ev = ProcEvent {
         kind: EVENT_PROC_EXIT,
         _pad: [0; 3],
         tgid,
         ts: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<ProcExitEvent>(&ev, RB_FLAGS).is_err() {
+    if EVENTS.output::<ProcEvent>(&ev, RB_FLAGS).is_err() {
         bump(STAT_RINGBUF_DROPS);
     }
     0
