@@ -76,6 +76,14 @@ fn python(name: &str, script: &str, args: &[String]) -> Proc {
     )
 }
 
+/// A [`PY_ECHO`] server on a free port.
+fn echo_server() -> (Proc, u16) {
+    let port = free_port();
+    let p = python("echo server", PY_ECHO, &[port.to_string()]);
+    wait_port(port);
+    (p, port)
+}
+
 fn by_path<'a>(spans: &'a [Value], kind: &str, pid_: u32, path: &str) -> &'a Value {
     let found: Vec<&Value> = spans
         .iter()
@@ -329,9 +337,7 @@ fn injected_header_is_the_only_change_on_the_wire() {
         return;
     }
     let agent = Agent::start(&["--inject-context", "on"]);
-    let port = free_port();
-    let _echo = python("echo server", PY_ECHO, &[port.to_string()]);
-    wait_port(port);
+    let (_echo, port) = echo_server();
     let me = std::process::id();
     // Bodies that look like requests: a header must never land in them.
     let get = b"GET /get HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n".to_vec();
@@ -403,9 +409,7 @@ fn requests_that_carry_context_get_no_second_header() {
         return;
     }
     let agent = Agent::start(&["--inject-context", "on"]);
-    let port = free_port();
-    let _echo = python("echo server", PY_ECHO, &[port.to_string()]);
-    wait_port(port);
+    let (_echo, port) = echo_server();
     let me = std::process::id();
     let cases = [
         format!("GET /w3c HTTP/1.1\r\nHost: t\r\nTraceparent: 00-{T}-{S}-01\r\n\r\n"),
@@ -437,9 +441,7 @@ fn injection_is_off_by_default() {
         return;
     }
     let _agent = Agent::start(&[]);
-    let port = free_port();
-    let _echo = python("echo server", PY_ECHO, &[port.to_string()]);
-    wait_port(port);
+    let (_echo, port) = echo_server();
     let req = b"GET /untouched HTTP/1.1\r\nHost: t\r\n\r\n";
     let echoed = exchange(port, &[req], 1);
     assert_eq!(echoed[0], req);

@@ -179,6 +179,8 @@ async fn main() -> anyhow::Result<()> {
             inflight_mask: probes::inflight_slots() - 1,
             inject_context: u32::from(args.inject_context == cli::Switch::On),
             propagators: kernel_propagators(&propagators),
+            tls: u32::from(args.tls == cli::Switch::On),
+            _pad: 0,
         },
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),

@@ -99,9 +99,14 @@ struct Verdict {
     pid: u32,
     exe: String,
     /// The process's files when the handshake was seen.
-    maps: Vec<Mapped>,
+    keys: Vec<FileKey>,
+    /// Its libssl files among them.
+    libssl: Vec<Mapped>,
     due: Instant,
 }
+
+/// Files of one process remembered for a verdict.
+const MAX_VERDICT_FILES: usize = 1024;
 
 /// A file mapped by a process, from `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,8 +127,9 @@ pub struct TlsProbes {
     rejected: HashMap<FileKey, String>,
     libc_hooked: HashSet<FileKey>,
     warned_exes: HashSet<String>,
-    /// Processes whose TLS library produced plaintext (bounded).
-    plaintext: HashSet<u32>,
+    /// Processes whose TLS is known to be visible: their library produced
+    /// plaintext or is probed (bounded).
+    visible: HashSet<u32>,
     /// TLS handshakes waiting for a visibility verdict.
     verdicts: Vec<Verdict>,
     pending: BTreeMap<Instant, Vec<u32>>,
@@ -214,7 +220,7 @@ impl TlsProbes {
             rejected: HashMap::new(),
             libc_hooked: HashSet::new(),
             warned_exes: HashSet::new(),
-            plaintext: HashSet::new(),
+            visible: HashSet::new(),
             verdicts: Vec::new(),
             pending: BTreeMap::new(),
             pending_len: 0,
@@ -422,7 +428,12 @@ impl TlsProbes {
     /// visible is decided a little later ([`TLS_VERDICT_DELAY`]): by then
     /// its plaintext, if probed, has arrived, even if the process is gone.
     pub fn on_tls_seen(&mut self, pid: u32, comm: String, now: Instant) {
-        if self.verdicts.len() >= MAX_PENDING_SCANS || self.verdicts.iter().any(|v| v.pid == pid) {
+        // A busy TLS server reports a handshake per connection: once it is
+        // known to be visible, nothing more is read.
+        if self.visible.contains(&pid)
+            || self.verdicts.len() >= MAX_PENDING_SCANS
+            || self.verdicts.iter().any(|v| v.pid == pid)
+        {
             return;
         }
         // The executable, read while the process (probably) still runs;
@@ -436,20 +447,33 @@ impl TlsProbes {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map(|m| parse_maps(&m))
             .unwrap_or_default();
+        // Kept small: the file identities (bounded) and the libssl entries
+        // (for the reason given).
+        let keys = maps.iter().take(MAX_VERDICT_FILES).map(|m| m.key).collect();
+        let libssl = maps
+            .into_iter()
+            .filter(|m| is_libssl(&m.path))
+            .take(8)
+            .collect();
         self.verdicts.push(Verdict {
             pid,
             exe,
-            maps,
+            keys,
+            libssl,
             due: now + TLS_VERDICT_DELAY,
         });
     }
 
     /// `pid`'s TLS library produced plaintext.
     pub fn on_plaintext(&mut self, pid: u32) {
-        if self.plaintext.len() >= MAX_REJECTED {
-            self.plaintext.clear();
+        self.mark_visible(pid);
+    }
+
+    fn mark_visible(&mut self, pid: u32) {
+        if self.visible.len() >= MAX_REJECTED {
+            self.visible.clear();
         }
-        self.plaintext.insert(pid);
+        self.visible.insert(pid);
     }
 
     /// Decides the handshakes that are due: a process whose TLS produced no
@@ -461,18 +485,20 @@ impl TlsProbes {
             .partition(|v| v.due <= now);
         self.verdicts = keep;
         for v in due {
-            let probed = v.maps.iter().any(|m| self.attached.contains_key(&m.key));
+            if v.keys.iter().any(|k| self.attached.contains_key(k)) {
+                self.mark_visible(v.pid);
+                continue;
+            }
             let key = exe_key(&v.exe);
-            if self.plaintext.contains(&v.pid) || probed || self.warned_exes.contains(&key) {
+            if self.visible.contains(&v.pid) || self.warned_exes.contains(&key) {
                 continue;
             }
             let why = v
-                .maps
+                .libssl
                 .iter()
                 .find_map(|m| {
                     self.rejected
                         .get(&m.key)
-                        .filter(|_| is_libssl(&m.path))
                         .map(|w| format!("{} could not be probed: {w}", m.path))
                 })
                 .unwrap_or_else(|| {

@@ -64,9 +64,13 @@ pub struct Config {
     /// agent's `--propagators` order: four bits each, first in the low
     /// bits (1 tracecontext, 2 b3, 3 jaeger, 0 end).
     pub propagators: u32,
+    /// Non-zero when the TLS probes are loaded (`--tls on`): only then
+    /// does the syscall exit hook look for TLS calls in progress.
+    pub tls: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 
 #[cfg(feature = "user")]
 mod user {

@@ -67,7 +67,8 @@ pub fn tracer_sys_exit(ctx: TracePointContext) -> u32 {
 
 fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = take_inflight(pid_tgid, &config()) else {
+    let cfg = config();
+    let Some(call) = take_inflight(pid_tgid, &cfg) else {
         return Ok(());
     };
     if ctx_nr(ctx) != call.nr {
@@ -87,19 +88,26 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
         _ => {
-            if ret > 0 && !inside_tls_call(pid_tgid, call.fd) {
-                if is_ingress(call.kind) {
-                    note_read(pid_tgid, call.fd);
-                }
-                let Some(target) = on_data(ctx, pid_tgid, &call, ret as u64) else {
-                    return Ok(());
-                };
-                let Some(scratch) = fill_scratch(pid_tgid, &call, ret as u64, &target) else {
-                    return Ok(());
-                };
-                server_context(ctx, &TAIL_PROGS, pid_tgid, &target, scratch);
-                output_scratch(scratch);
+            if ret <= 0 {
+                return Ok(());
             }
+            if cfg.tls != 0 {
+                // Ciphertext of a TLS call in progress is not captured.
+                if inside_tls_call(pid_tgid, call.fd, &cfg) {
+                    return Ok(());
+                }
+                if is_ingress(call.kind) {
+                    note_read(pid_tgid, call.fd, &cfg);
+                }
+            }
+            let Some(target) = on_data(ctx, pid_tgid, &call, ret as u64) else {
+                return Ok(());
+            };
+            let Some(scratch) = fill_scratch(pid_tgid, &call, ret as u64, &target) else {
+                return Ok(());
+            };
+            server_context(ctx, &TAIL_PROGS, pid_tgid, &target, scratch);
+            output_scratch(scratch);
         }
     }
     Ok(())

@@ -164,6 +164,7 @@ fn on_send(ctx: &SkMsgContext) {
     };
     let Some(state) = SOCK_STATE.get_ptr_mut(key) else {
         // State evicted: where requests start is no longer known.
+        bump(STAT_INJECT_SKIP_UNSURE);
         return;
     };
     // SAFETY: map value; only this socket's sends (serialised by the

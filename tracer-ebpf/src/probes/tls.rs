@@ -28,6 +28,8 @@ use super::{
     context::server_context,
     syscalls::traced,
 };
+use tracer_common::Config;
+
 use crate::maps::{bump, config, PendingCall, CONNS};
 
 /// A TLS call in progress on a thread.
@@ -98,8 +100,8 @@ const LAST_READ_MAX_AGE_NS: u64 = 5_000_000;
 /// Called from the `sys_exit_*` hook for reads that moved bytes outside a
 /// TLS call.
 #[inline(always)]
-pub fn note_read(pid_tgid: u64, fd: u32) {
-    if let Some(r) = LAST_READ.get_ptr_mut((pid_tgid as u32) & config().inflight_mask) {
+pub fn note_read(pid_tgid: u64, fd: u32, cfg: &Config) {
+    if let Some(r) = LAST_READ.get_ptr_mut((pid_tgid as u32) & cfg.inflight_mask) {
         // SAFETY: valid map value pointer; a racing thread sharing the slot
         // can only make the owner check below fail.
         unsafe {
@@ -122,17 +124,18 @@ fn recent_read_fd(pid_tgid: u64, call_ts: u64) -> Option<u32> {
 }
 
 #[inline(always)]
-fn slot(pid_tgid: u64) -> Option<*mut TlsCall> {
-    TLS_CALLS.get_ptr_mut((pid_tgid as u32) & config().inflight_mask)
+fn slot(pid_tgid: u64, cfg: &Config) -> Option<*mut TlsCall> {
+    TLS_CALLS.get_ptr_mut((pid_tgid as u32) & cfg.inflight_mask)
 }
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, kind: u8, ex: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced((pid_tgid >> 32) as u32, &config()) {
+    let cfg = config();
+    if !traced((pid_tgid >> 32) as u32, &cfg) {
         return;
     }
-    let Some(slot) = slot(pid_tgid) else {
+    let Some(slot) = slot(pid_tgid, &cfg) else {
         return;
     };
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
@@ -190,7 +193,7 @@ pub fn tracer_ssl_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn on_return(ctx: &RetProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let slot = slot(pid_tgid)?;
+    let slot = slot(pid_tgid, &config())?;
     // SAFETY: valid map value pointer; the owner check brackets the copy.
     let call = unsafe {
         if core::ptr::read_volatile(&(*slot).pid_tgid) != pid_tgid {
@@ -268,8 +271,8 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
 /// that moved bytes: inside a TLS call of the same thread, the fd is that
 /// call's socket and the bytes are ciphertext (not to be captured).
 #[inline(always)]
-pub fn inside_tls_call(pid_tgid: u64, fd: u32) -> bool {
-    let Some(slot) = slot(pid_tgid) else {
+pub fn inside_tls_call(pid_tgid: u64, fd: u32, cfg: &Config) -> bool {
+    let Some(slot) = slot(pid_tgid, cfg) else {
         return false;
     };
     // SAFETY: valid map value pointer; racing writers only replace the fd.
