@@ -4,43 +4,12 @@
 //! leave). Both decisions reach the agent as [`TraceCtxEvent`]s, ahead of
 //! the data event they belong to.
 
-/// Client TCP sockets (added by the cgroup `sock_ops` program when an
-/// active connection is established) whose sends run the `sk_msg` injector.
-pub const MAP_SOCKS: &str = "SOCKS";
-/// Per-socket framing state of the injector, keyed by [`SockKey`].
-pub const MAP_SOCK_STATE: &str = "SOCK_STATE";
-/// Per-thread SERVER context (keyed by pid_tgid): the request the thread
-/// is serving, so a CLIENT request it writes can be made its child.
-pub const MAP_THREAD_CTX: &str = "THREAD_CTX";
-/// Tail-call table of the capture path (index [`TAIL_SERVER_CTX`]).
-pub const MAP_TAIL_PROGS: &str = "TAIL_PROGS";
-/// Per-CPU scratch of the injector.
-pub const MAP_INJECT_SCRATCH: &str = "INJECT_SCRATCH";
-
-/// Index in [`MAP_TAIL_PROGS`] of the program that reads an inbound
-/// request's trace context.
-pub const TAIL_SERVER_CTX: u32 = 0;
-/// Name of that program in the object.
-pub const PROG_SERVER_CTX: &str = "tracer_server_ctx";
-/// The same program for TLS plaintext (kprobe type), in
-/// [`MAP_TLS_TAIL_PROGS`].
-pub const PROG_TLS_SERVER_CTX: &str = "tracer_tls_server_ctx";
-/// Tail-call table of the TLS return probe.
-pub const MAP_TLS_TAIL_PROGS: &str = "TLS_TAIL_PROGS";
-/// The `sk_msg` injector.
-pub const PROG_INJECT: &str = "tracer_inject";
-/// The cgroup `sock_ops` program that fills [`MAP_SOCKS`].
-pub const PROG_SOCK_OPS: &str = "tracer_sock_ops";
-
 /// Header bytes searched for trace headers, the end of the head, and the
 /// body framing. A request head longer than this is never injected into.
 pub const SCAN_MAX: usize = 1024;
 /// Longest `tracestate` value carried from an inbound request to the
 /// requests it causes (the W3C limit is 512; longer ones are not carried).
 pub const TRACESTATE_MAX: usize = 256;
-/// Sizes of the per-thread and per-socket maps.
-pub const MAX_THREAD_CTX: u32 = 16_384;
-pub const MAX_SOCK_STATE: u32 = 65_536;
 
 /// The kernel chose the ids of the SERVER span whose request starts the
 /// data event (`conn_id`, `seq`) that follows.
@@ -73,7 +42,10 @@ pub struct TraceCtxEvent {
     pub tid: u32,
     /// Sequence number of the data event this context belongs to (server).
     pub seq: u32,
-    /// Connection of that data event (server); 0 for injections.
+    /// SERVER: the connection of that data event. Injections: the
+    /// socket's ports, local in bits 16..32 and remote in bits 0..16 (an
+    /// `sk_msg` program has no fd to name the connection by; see
+    /// [`unpack_inject_ports`]).
     pub conn_id: u64,
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
@@ -82,6 +54,16 @@ pub struct TraceCtxEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<TraceCtxEvent>() == 56);
+
+/// Packs an injected socket's ports into [`TraceCtxEvent::conn_id`].
+pub const fn pack_inject_ports(local: u16, remote: u16) -> u64 {
+    ((local as u64) << 16) | remote as u64
+}
+
+/// (local, remote) ports of an injection's [`TraceCtxEvent::conn_id`].
+pub const fn unpack_inject_ports(p: u64) -> (u16, u16) {
+    (((p >> 16) & 0xffff) as u16, (p & 0xffff) as u16)
+}
 
 /// Identity of a TCP socket as both `sock_ops` and `sk_msg` see it
 /// (`bpf_sock_ops` and `sk_msg_md` share the conventions: remote port in

@@ -11,10 +11,12 @@ pub mod config;
 pub mod conn;
 pub mod context;
 pub mod event;
+pub mod maps;
 pub mod stats;
 
 pub use config::*;
 pub use conn::*;
 pub use context::*;
 pub use event::*;
+pub use maps::*;
 pub use stats::*;

@@ -44,7 +44,8 @@ pub const STAT_TLS_CALLS: u32 = 17;
 /// Number of counters (size of the map).
 pub const STAT_COUNT: u32 = 18;
 
-/// Human names, indexed like the counters.
+/// Human names, indexed like the counters (reported with a `kernel_`
+/// prefix by the agent's counter registry).
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "ringbuf_drops",
     "inflight_collisions",
@@ -64,4 +65,26 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "tracestate_too_long",
     "tls_no_fd",
     "tls_calls",
+];
+
+/// Help text of each counter, indexed like [`STAT_NAMES`].
+pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
+    "Events not written because the ring buffer was full",
+    "Saved syscall arguments overwritten by a thread sharing the in-flight slot",
+    "New connections that could not be stored in the connection map",
+    "Unused slot",
+    "Syscalls whose payload was longer than the capture cap",
+    "Connections classified as HTTP/1 or HTTP/2",
+    "Connections classified as something else and no longer copied",
+    "Pre-existing connections picked up from their first bytes",
+    "Reads of a user buffer that failed",
+    "SERVER contexts chosen in the kernel",
+    "traceparent headers injected into outgoing requests",
+    "Injections that made the request a child of the SERVER span being served",
+    "Requests not injected because they already carried trace context",
+    "Requests not injected because their framing was not certain",
+    "Requests not injected because the kernel could not make room",
+    "Inbound tracestate values too long to carry",
+    "TLS plaintext dropped because the socket behind the SSL* was never seen",
+    "TLS library calls captured",
 ];

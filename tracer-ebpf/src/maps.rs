@@ -1,16 +1,17 @@
-//! Every map the kernel programs use. Names and default sizes live in
-//! `tracer-common` so the agent can find and resize them at load time.
+//! Every map the kernel programs use, their value types, and the small
+//! helpers around them. Names and default sizes live in `tracer-common` so
+//! the agent can find and resize them at load time.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use tracer_common::{
     Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
-    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_THREAD_CTX,
-    SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
+    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS,
+    MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
 };
 
-use crate::head::{HeadScan, SCAN_BUF};
+use crate::scan::head::{HeadScan, SCAN_BUF};
 
 /// Arguments of a traced syscall, saved at entry and consumed at exit.
 #[repr(C)]
@@ -184,3 +185,60 @@ pub static INJECT_SCRATCH: PerCpuArray<InjectScratch> = PerCpuArray::with_max_en
 /// [`SCRATCH`]).
 #[map]
 pub static SERVER_SCAN: PerCpuArray<HeadScan> = PerCpuArray::with_max_entries(1, 0);
+
+/// A TLS call in progress on a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// Owner (0 when free); written last at entry, checked at return.
+    pub pid_tgid: u64,
+    pub ssl: u64,
+    pub buf: u64,
+    /// `size_t *` that receives the byte count (`_ex` variants), else 0.
+    pub count_ptr: u64,
+    pub ts: u64,
+    /// Socket seen inside the call, or `u32::MAX`.
+    pub fd: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Indexed by `tid & Config::inflight_mask`, like `INFLIGHT` (sized the
+/// same by the agent). Separate from it: the syscalls a TLS call makes use
+/// that one.
+#[map]
+pub static TLS_CALLS: Array<TlsCall> = Array::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
+
+/// Key of [`SSL_FDS`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// The socket fd behind each `SSL*` seen (LRU: `SSL_free` is not probed).
+#[map]
+pub static SSL_FDS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_SSL_FDS, 0);
+
+/// Tail-call table of the TLS return probe (kprobe-type programs cannot
+/// share the tracepoint one).
+#[map]
+pub static TLS_TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// The last read-family syscall of a thread (outside TLS calls).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastRead {
+    pub pid_tgid: u64,
+    pub ts: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// Indexed like [`TLS_CALLS`]. For TLS libraries that do their socket I/O
+/// outside `SSL_read` (memory BIOs, as node does): the ciphertext a thread
+/// read just before `SSL_read` came from the socket behind that `SSL*`.
+#[map]
+pub static LAST_READ: Array<LastRead> = Array::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);

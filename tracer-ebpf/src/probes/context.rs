@@ -4,7 +4,8 @@
 //!
 //! `tracer_server_ctx` is tail-called by the `sys_exit_*` capture hook
 //! (see `capture.rs`) when a server connection's read starts a request;
-//! the payload is already in this CPU's `SCRATCH` slot.
+//! the payload is already in this CPU's `SCRATCH` slot (see `data.rs`).
+//! `tracer_tls_server_ctx` is its twin for the TLS return probe.
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
     macros::{tracepoint, uretprobe},
@@ -14,18 +15,18 @@ use aya_ebpf::{
 };
 use tracer_common::{
     DataScratch, TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX,
-    STAT_RINGBUF_DROPS, STAT_SERVER_CTX, STAT_TRACESTATE_TOO_LONG, TAIL_SERVER_CTX, TRACESTATE_MAX,
+    MAX_KERNEL_PROPAGATORS, PROPAGATOR_B3, PROPAGATOR_END, PROPAGATOR_JAEGER,
+    PROPAGATOR_TRACECONTEXT, STAT_SERVER_CTX, STAT_TRACESTATE_TOO_LONG, TAIL_SERVER_CTX,
+    TRACESTATE_MAX,
 };
 
-use super::{
-    capture::{output_scratch, starts_request, DataTarget},
-    RB_FLAGS,
-};
+use super::data::{starts_request, DataTarget};
 use crate::{
-    head::{get32, parse_traceparent, scan, set32, skip_ows},
-    maps::{bump, config, CTX_BUILD, EVENTS, SCRATCH, SERVER_SCAN, THREAD_CTX},
-    propagation::{
-        parse_b3_multi, parse_b3_single, parse_jaeger, Ids, CODE_B3, CODE_JAEGER, CODE_TRACECONTEXT,
+    emit::{output_ctx, output_scratch},
+    maps::{bump, config, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
+    scan::{
+        head::{get32, parse_traceparent, scan, set32, skip_ows},
+        propagation::{parse_b3_multi, parse_b3_single, parse_jaeger, Ids},
     },
 };
 
@@ -49,13 +50,6 @@ pub fn random_span_id() -> [u8; 8] {
     let a = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
     let b = unsafe { bpf_get_prandom_u32() }.to_ne_bytes();
     [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3] | 1]
-}
-
-#[inline(always)]
-pub fn output_ctx(ev: &TraceCtxEvent) {
-    if EVENTS.output::<TraceCtxEvent>(ev, RB_FLAGS).is_err() {
-        bump(STAT_RINGBUF_DROPS);
-    }
 }
 
 #[tracepoint]
@@ -87,7 +81,7 @@ fn server_ctx_and_output() {
 }
 
 #[inline(always)]
-fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
+fn choose_server_ctx(scratch: &mut DataScratch) {
     let Some(s) = SERVER_SCAN.get_ptr_mut(0) else {
         return;
     };
@@ -109,9 +103,9 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
     let order = config().propagators;
     let mut from_header = false;
     let mut from_w3c = false;
-    for i in 0..4 {
+    for i in 0..MAX_KERNEL_PROPAGATORS {
         let code = (order >> (4 * i)) & 0xf;
-        if code == 0 || from_header {
+        if code == PROPAGATOR_END || from_header {
             break;
         }
         let mut ids = Ids {
@@ -120,7 +114,7 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
             flags: &mut flags,
         };
         from_header = match code {
-            CODE_TRACECONTEXT => {
+            PROPAGATOR_TRACECONTEXT => {
                 from_w3c = tp_at != 0
                     && parse_traceparent(
                         &scratch.data,
@@ -132,7 +126,7 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
                     );
                 from_w3c
             }
-            CODE_B3 => {
+            PROPAGATOR_B3 => {
                 let single = get32(&s.b3) as usize;
                 if single != 0 {
                     parse_b3_single(&scratch.data, single, n, s, &mut ids)
@@ -140,7 +134,7 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
                     parse_b3_multi(&scratch.data, n, s, &mut ids)
                 }
             }
-            CODE_JAEGER => {
+            PROPAGATOR_JAEGER => {
                 let uber = get32(&s.uber) as usize;
                 uber != 0 && parse_jaeger(&scratch.data, uber, n, s, &mut ids)
             }
@@ -205,7 +199,7 @@ fn choose_server_ctx(scratch: &mut tracer_common::DataScratch) {
 fn copy_tracestate(
     d: &[u8; 2 * tracer_common::MAX_CAPTURE],
     at: usize,
-    s: &crate::head::HeadScan,
+    s: &crate::scan::head::HeadScan,
     out: &mut crate::maps::ThreadCtx,
 ) {
     let v = skip_ows(d, at) & (2 * tracer_common::SCAN_MAX - 1);

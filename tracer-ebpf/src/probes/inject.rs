@@ -26,18 +26,21 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use tracer_common::{
-    SockKey, TraceCtxEvent, CTX_LINKED, CTX_ROOT, EVENT_INJECTED, PROTO_HTTP1, SCAN_MAX,
-    STAT_INJECTED, STAT_INJECT_FAILED, STAT_INJECT_LINKED, STAT_INJECT_SKIP_HAS_CONTEXT,
+    pack_inject_ports, SockKey, TraceCtxEvent, CTX_LINKED, CTX_ROOT, EVENT_INJECTED, PROTO_HTTP1,
+    SCAN_MAX, STAT_INJECTED, STAT_INJECT_FAILED, STAT_INJECT_LINKED, STAT_INJECT_SKIP_HAS_CONTEXT,
     STAT_INJECT_SKIP_UNSURE, TRACESTATE_MAX,
 };
 
-use super::context::{output_ctx, random_span_id, random_trace_id};
+use super::context::{random_span_id, random_trace_id};
 use crate::{
     classify::classify,
-    head::{content_length, get32, scan, set32, FRAMING_CHUNKED, FRAMING_LENGTH, FRAMING_NONE},
+    emit::output_ctx,
     maps::{
         bump, config, SockState, INJECT_LINE_MAX, INJECT_SCRATCH, PID_FILTER, SOCKS, SOCK_STATE,
         THREAD_CTX,
+    },
+    scan::head::{
+        content_length, get32, scan, set32, FRAMING_CHUNKED, FRAMING_LENGTH, FRAMING_NONE,
     },
 };
 
@@ -285,7 +288,7 @@ fn on_request_boundary(ctx: &SkMsgContext, pid_tgid: u64) -> Result<(), u32> {
 
 /// The request line (ending just before `line_end`) ends in ` HTTP/1.x\r\n`.
 #[inline(always)]
-fn http1_version(d: &[u8; crate::head::SCAN_BUF], line_end: usize) -> bool {
+fn http1_version(d: &[u8; crate::scan::head::SCAN_BUF], line_end: usize) -> bool {
     let at = (line_end - 11) & (2 * SCAN_MAX - 1);
     let v = &d[at..at + 11];
     v[0] == b' '
@@ -376,15 +379,15 @@ fn inject(
     len
 }
 
-/// The socket's ports as the agent knows them: local port in bits 16..32,
-/// remote port in bits 0..16 (host order), so the agent can tell which
-/// connection an injection belongs to.
+/// The socket's ports (host order) packed as the agent unpacks them
+/// ([`pack_inject_ports`]), so the agent can tell which connection an
+/// injection belongs to.
 #[inline(always)]
 fn ports(ctx: &SkMsgContext) -> u64 {
     // `remote_port` is the big-endian port in the upper half (see
     // `sk_msg_convert_ctx_access`); `local_port` is in host order.
     let remote = u16::from_be((field!(ctx.msg, remote_port) >> 16) as u16);
-    (u64::from(field!(ctx.msg, local_port) as u16) << 16) | u64::from(remote)
+    pack_inject_ports(field!(ctx.msg, local_port) as u16, remote)
 }
 
 #[inline(always)]

@@ -1,16 +1,20 @@
-//! Connection and process teardown.
+//! Connection and process lifecycle: socket close, thread and process
+//! exit, and the notices that make the agent look for TLS libraries (exec,
+//! `dlopen`).
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{tracepoint, uretprobe},
+    programs::{RetProbeContext, TracePointContext},
 };
 use tracer_common::{
-    conn_key, ConnCloseEvent, ProcEvent, EVENT_CONN_CLOSE, EVENT_PROC_EXIT, PROTO_HTTP1,
-    PROTO_HTTP2, ROLE_SERVER, STAT_RINGBUF_DROPS,
+    conn_key, EVENT_DLOPEN, EVENT_EXEC, EVENT_PROC_EXIT, PROTO_HTTP1, PROTO_HTTP2, ROLE_SERVER,
 };
 
-use super::{context::server_done, ctx_u64, OFF_ARG0, RB_FLAGS};
-use crate::maps::{bump, config, take_inflight, CONNS, EVENTS};
+use super::{context::server_done, ctx_u64, syscalls::traced, OFF_ARG0};
+use crate::{
+    emit::{emit_close, emit_proc},
+    maps::{config, take_inflight, CONNS},
+};
 
 /// `syscalls:sys_enter_close(fd)`: forget the socket; tell the agent if it
 /// was one it parses (so it can finish a read-until-close response).
@@ -30,18 +34,7 @@ pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
         server_done(pid_tgid, conn_id);
     }
     if proto == PROTO_HTTP1 || proto == PROTO_HTTP2 {
-        let ev = ConnCloseEvent {
-            kind: EVENT_CONN_CLOSE,
-            _pad: [0; 3],
-            tgid,
-            tid: pid_tgid as u32,
-            fd: fd as u32,
-            conn_id,
-            ts: unsafe { bpf_ktime_get_ns() },
-        };
-        if EVENTS.output::<ConnCloseEvent>(&ev, RB_FLAGS).is_err() {
-            bump(STAT_RINGBUF_DROPS);
-        }
+        emit_close(pid_tgid, fd as u32, conn_id);
     }
     0
 }
@@ -58,14 +51,27 @@ pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != pid_tgid as u32 {
         return 0;
     }
-    let ev = ProcEvent {
-        kind: EVENT_PROC_EXIT,
-        _pad: [0; 3],
-        tgid,
-        ts: unsafe { bpf_ktime_get_ns() },
-    };
-    if EVENTS.output::<ProcEvent>(&ev, RB_FLAGS).is_err() {
-        bump(STAT_RINGBUF_DROPS);
+    emit_proc(EVENT_PROC_EXIT, tgid);
+    0
+}
+
+/// `sched:sched_process_exec`: a new program; the agent looks for TLS
+/// libraries in it.
+#[tracepoint]
+pub fn tracer_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if traced(tgid, &config()) {
+        emit_proc(EVENT_EXEC, tgid);
+    }
+    0
+}
+
+/// Return of `dlopen` (libc): the process may have loaded a TLS library.
+#[uretprobe]
+pub fn tracer_dlopen_ret(ctx: RetProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if ctx.ret::<u64>() != 0 && traced(tgid, &config()) {
+        emit_proc(EVENT_DLOPEN, tgid);
     }
     0
 }

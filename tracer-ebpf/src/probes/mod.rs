@@ -1,5 +1,8 @@
+//! The kernel programs, one file per family (see the crate docs), and the
+//! data path they share ([`data`]).
 pub mod capture;
 pub mod context;
+pub mod data;
 pub mod inject;
 pub mod lifecycle;
 pub mod syscalls;
@@ -38,8 +41,3 @@ pub fn ctx_nr(ctx: &aya_ebpf::programs::TracePointContext) -> u32 {
     // SAFETY: constant offset inside every syscall tracepoint record.
     unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(OFF_NR).cast::<u32>()) }
 }
-
-/// Ring-buffer flags for every event: never wake the agent. It drains the
-/// ring on a short timer instead; a wakeup per event cost more than the
-/// rest of the probe, and querying the fill level is another helper call.
-pub const RB_FLAGS: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;

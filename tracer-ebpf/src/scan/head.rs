@@ -118,10 +118,10 @@ fn name_is<const N: usize>(d: &[u8; N], at: usize, pat: &[u8]) -> bool {
     ok
 }
 
-/// Skips optional whitespace (at most 8 bytes of it).
 /// Offsets into a scanned buffer are masked with this.
 pub const OFFSET_MASK: usize = MASK;
 
+/// Skips optional whitespace (at most 8 bytes of it).
 #[inline(always)]
 pub fn skip_ows<const N: usize>(d: &[u8; N], at: usize) -> usize {
     let mut at = at & MASK;

@@ -1,5 +1,5 @@
 //! B3 (single and multi header) and Jaeger `uber-trace-id` in the kernel,
-//! with the agent's rules (`tracer-agent/src/protocols/propagation.rs`):
+//! with the agent's rules (`tracer-agent/src/propagation/`):
 //! ids are 1..=32 (trace) or 1..=16 (span) hex digits of either case,
 //! right-aligned, never all zero; a B3 span id is exactly 16 digits. The
 //! SERVER context follows the same `--propagators` order as the agent, so
@@ -9,12 +9,7 @@
 //! `head.rs`, so the verifier's paths converge.
 use aya_ebpf::helpers::generated::bpf_loop;
 
-use crate::head::{get32, set32, HeadScan, OFFSET_MASK};
-
-/// `Config::propagators` codes, four bits each, first in the low bits.
-pub const CODE_TRACECONTEXT: u32 = 1;
-pub const CODE_B3: u32 = 2;
-pub const CODE_JAEGER: u32 = 3;
+use super::head::{get32, set32, skip_ows, HeadScan, OFFSET_MASK};
 
 #[inline(always)]
 fn hex_any(c: u8) -> Option<u8> {
@@ -163,7 +158,7 @@ fn trace_then_span<const B: usize>(
     s: &mut HeadScan,
     ids: &mut Ids<'_>,
 ) -> Option<(usize, usize)> {
-    let at = crate::head::skip_ows(d, at) & OFFSET_MASK;
+    let at = skip_ows(d, at) & OFFSET_MASK;
     let t = decode_var_hex(d, at, &mut ids.trace_id[..], s)?;
     let at = (at + t) & OFFSET_MASK;
     if d[at] != sep {
@@ -221,22 +216,22 @@ pub fn parse_b3_multi<const B: usize>(
     if trace == 0 || span == 0 {
         return false;
     }
-    let trace = crate::head::skip_ows(d, trace);
+    let trace = skip_ows(d, trace);
     if decode_var_hex(d, trace, &mut ids.trace_id[..], s).is_none() {
         return false;
     }
-    let span = crate::head::skip_ows(d, span);
+    let span = skip_ows(d, span);
     if decode_var_hex(d, span, &mut ids.span_id[..], s) != Some(16) {
         return false;
     }
     let debug = match get32(&s.x_b3_flags) as usize {
         0 => false,
-        f => d[crate::head::skip_ows(d, f) & OFFSET_MASK] == b'1',
+        f => d[skip_ows(d, f) & OFFSET_MASK] == b'1',
     };
     let sampled = match get32(&s.x_b3_sampled) as usize {
         0 => 1,
         v => {
-            let v = crate::head::skip_ows(d, v) & OFFSET_MASK;
+            let v = skip_ows(d, v) & OFFSET_MASK;
             match d[v] {
                 b'1' => 1,
                 b'0' => 0,

@@ -1,0 +1,78 @@
+//! Names and default sizes of every map and program the kernel object
+//! declares, so the agent finds them by the same constants (aya's
+//! `EbpfLoader::map_max_entries` resizes some of them at load time).
+
+/// Single-entry array map holding a [`crate::Config`].
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Per-connection state, keyed by [`crate::conn_key`]. LRU so that leaked
+/// entries (a process killed mid-connection) age out instead of filling it.
+pub const MAP_CONNS: &str = "CONNS";
+/// Syscall arguments saved at `sys_enter_*`, consumed at `sys_exit_*`: an
+/// array indexed by `tid & inflight_mask` (one store per syscall instead
+/// of a hash update, which cost more than the rest of the probe).
+pub const MAP_INFLIGHT: &str = "INFLIGHT";
+/// Event ring buffer (kernel -> agent).
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Scratch space for building data events, one slot per CPU (the BPF stack
+/// is 512 B).
+pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Per-CPU counters, indexed by the `STAT_*` constants.
+pub const MAP_STATS: &str = "STATS";
+/// Set of tgids to trace when `--pid` is given.
+pub const MAP_PID_FILTER: &str = "PID_FILTER";
+/// TLS library calls in progress, indexed like [`MAP_INFLIGHT`].
+pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
+/// Each thread's last read outside TLS calls, indexed like [`MAP_INFLIGHT`].
+pub const MAP_LAST_READ: &str = "LAST_READ";
+/// Socket fd of each `SSL*` seen, keyed by (tgid, `SSL*`).
+pub const MAP_SSL_FDS: &str = "SSL_FDS";
+/// Size of [`MAP_SSL_FDS`].
+pub const MAX_SSL_FDS: u32 = 65_536;
+
+/// Default size of [`MAP_CONNS`]; the agent can change it at load time.
+pub const DEFAULT_MAX_CONNS: u32 = 65_536;
+/// Compiled-in size of [`MAP_INFLIGHT`]; the agent sizes it to the next
+/// power of two of `kernel.pid_max` (capped by [`MAX_INFLIGHT_SLOTS`]) so
+/// that, below the cap, no two threads share a slot.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 32_768;
+/// Upper bound of [`MAP_INFLIGHT`] (48 B a slot: 12 MiB).
+pub const MAX_INFLIGHT_SLOTS: u32 = 1 << 18;
+/// Default ring buffer size in bytes (power of two, multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+/// Compiled-in size of [`MAP_SCRATCH`]; the agent resizes it to the number
+/// of possible CPUs.
+pub const DEFAULT_SCRATCH_SLOTS: u32 = 256;
+/// Size of [`MAP_PID_FILTER`].
+pub const MAX_PID_FILTER: u32 = 1024;
+
+/// Client TCP sockets (added by the cgroup `sock_ops` program when an
+/// active connection is established) whose sends run the `sk_msg` injector.
+pub const MAP_SOCKS: &str = "SOCKS";
+/// Per-socket framing state of the injector, keyed by [`SockKey`].
+pub const MAP_SOCK_STATE: &str = "SOCK_STATE";
+/// Per-thread SERVER context (keyed by pid_tgid): the request the thread
+/// is serving, so a CLIENT request it writes can be made its child.
+pub const MAP_THREAD_CTX: &str = "THREAD_CTX";
+/// Tail-call table of the capture path (index [`TAIL_SERVER_CTX`]).
+pub const MAP_TAIL_PROGS: &str = "TAIL_PROGS";
+/// Per-CPU scratch of the injector.
+pub const MAP_INJECT_SCRATCH: &str = "INJECT_SCRATCH";
+
+/// Index in [`MAP_TAIL_PROGS`] of the program that reads an inbound
+/// request's trace context.
+pub const TAIL_SERVER_CTX: u32 = 0;
+/// Name of that program in the object.
+pub const PROG_SERVER_CTX: &str = "tracer_server_ctx";
+/// The same program for TLS plaintext (kprobe type), in
+/// [`MAP_TLS_TAIL_PROGS`].
+pub const PROG_TLS_SERVER_CTX: &str = "tracer_tls_server_ctx";
+/// Tail-call table of the TLS return probe.
+pub const MAP_TLS_TAIL_PROGS: &str = "TLS_TAIL_PROGS";
+/// The `sk_msg` injector.
+pub const PROG_INJECT: &str = "tracer_inject";
+/// The cgroup `sock_ops` program that fills [`MAP_SOCKS`].
+pub const PROG_SOCK_OPS: &str = "tracer_sock_ops";
+/// Size of [`MAP_THREAD_CTX`].
+pub const MAX_THREAD_CTX: u32 = 16_384;
+/// Size of [`MAP_SOCK_STATE`] (and of [`MAP_SOCKS`]).
+pub const MAX_SOCK_STATE: u32 = 65_536;
