@@ -543,3 +543,31 @@ pub fn is_span(span: &Value, kind: &str, exe_name: &str, port: u16) -> bool {
         && exe(span) == exe_name
         && attr_i(span, "server.port") == i64::from(port)
 }
+
+/// A node HTTPS server on 127.0.0.1:PORT (argv: port, cert, key); paths
+/// starting with `/missing` answer 404.
+pub const NODE_SERVER: &str = r#"
+const https = require('https'), fs = require('fs');
+const [port, cert, key] = process.argv.slice(1);
+https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {
+  res.writeHead(req.url.startsWith('/missing') ? 404 : 200, { 'Content-Type': 'text/plain' });
+  res.end('node ' + req.url + '\n');
+}).listen(+port, '127.0.0.1');
+"#;
+
+/// A node HTTPS client making N keep-alive requests on one connection
+/// (argv: port, n) to `/from-node/<i>`.
+pub const NODE_CLIENT: &str = r#"
+const https = require('https');
+const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+const [port, n] = process.argv.slice(1);
+let i = 0;
+function next() {
+  if (i >= +n) { agent.destroy(); return; }
+  https.get({ host: '127.0.0.1', port: +port, path: '/from-node/' + (i++), agent,
+              rejectUnauthorized: false },
+    res => { res.resume(); res.on('end', next); })
+    .on('error', e => { console.error(e); process.exit(1); });
+}
+next();
+"#;

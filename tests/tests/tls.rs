@@ -162,30 +162,6 @@ fn python_http_client_to_python_ssl_server() {
     assert_eq!(s(&servers[1], "name"), "GET /created/{id}");
 }
 
-const NODE_SERVER: &str = r#"
-const https = require('https'), fs = require('fs');
-const [port, cert, key] = process.argv.slice(1);
-https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {
-  res.writeHead(req.url.startsWith('/missing') ? 404 : 200, { 'Content-Type': 'text/plain' });
-  res.end('node ' + req.url + '\n');
-}).listen(+port, '127.0.0.1');
-"#;
-
-const NODE_CLIENT: &str = r#"
-const https = require('https');
-const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
-const [port, n] = process.argv.slice(1);
-let i = 0;
-function next() {
-  if (i >= +n) { agent.destroy(); return; }
-  https.get({ host: '127.0.0.1', port: +port, path: '/from-node/' + (i++), agent,
-              rejectUnauthorized: false },
-    res => { res.resume(); res.on('end', next); })
-    .on('error', e => { console.error(e); process.exit(1); });
-}
-next();
-"#;
-
 #[test]
 fn node_with_static_openssl_both_sides() {
     if !require_root("node_with_static_openssl_both_sides") {

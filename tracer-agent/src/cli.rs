@@ -2,7 +2,21 @@
 
 use clap::Parser;
 
-use crate::{output::Format, protocols::propagation::Propagator};
+use crate::propagation::Propagator;
+
+/// Largest `--record` file by default.
+pub const DEFAULT_RECORD_MAX_BYTES: u64 = 1 << 30;
+
+/// Local span output (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One human-readable line per span.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// No local output (useful once OTLP export is configured).
+    None,
+}
 
 /// An on/off flag value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,6 +194,18 @@ pub struct Args {
     /// counted (tracing never waits for the collector). Example: --otlp-queue-size 2048
     #[arg(long, default_value_t = 2048)]
     pub otlp_queue_size: usize,
+
+    /// Write every raw kernel event to FILE as it is read, for replaying
+    /// the capture through the pipeline without a kernel (tests, bug
+    /// reports). It holds request and response bytes as captured: treat it
+    /// as sensitive. Example: --record /tmp/capture.trec
+    #[arg(long, value_name = "FILE", env = "TRACER_RECORD")]
+    pub record: Option<std::path::PathBuf>,
+
+    /// Largest --record file; later events are not recorded (counted as
+    /// record_dropped). Example: --record-max-bytes 104857600
+    #[arg(long, default_value_t = DEFAULT_RECORD_MAX_BYTES, env = "TRACER_RECORD_MAX_BYTES")]
+    pub record_max_bytes: u64,
 
     /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
     #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]

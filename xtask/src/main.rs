@@ -7,6 +7,7 @@
 //! - `test`: the whole suite: lint, unit tests, root integration tests.
 //! - `lint`: rustfmt check and clippy (userspace and the kernel crate).
 //! - `bench`: tracer off vs on against nginx, same run, ratios reported.
+//! - `record-fixtures`: re-record the captures the replay tests pin.
 mod bench;
 mod setup;
 mod tasks;
@@ -42,6 +43,9 @@ enum Cmd {
     Lint,
     /// Benchmark: nginx under load with the tracer off, then on.
     Bench(bench::BenchArgs),
+    /// Re-record the real-program captures in tracer-agent/tests/data
+    /// (root): the replay tests pin the spans they produce.
+    RecordFixtures,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { filter } => tasks::test(filter.as_deref()),
         Cmd::Lint => tasks::lint(),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::RecordFixtures => tasks::record_fixtures(),
     }
 }

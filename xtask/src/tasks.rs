@@ -104,3 +104,27 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     c.env("TRACER_BIN", &bin);
     sh(&mut c)
 }
+
+/// Runs the ignored fixture recorder of the integration tests.
+pub fn record_fixtures() -> anyhow::Result<()> {
+    setup::all()?;
+    let bin = build()?;
+    anyhow::ensure!(
+        is_root(),
+        "recording needs root (it loads the BPF programs)"
+    );
+    sh(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "tracer-tests",
+            "--test",
+            "fixtures",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TRACER_BIN", &bin))
+}

@@ -1,6 +1,5 @@
-//! Span export over OTLP. `config` resolves flags and the standard
-//! `OTEL_EXPORTER_OTLP_*` variables (pure, unit-tested); `resource` builds
-//! one OTel Resource per traced process; `otlp` is the exporter task.
-pub mod config;
+//! Where spans go: a bounded [`sink`] per consumer, the local [`stdout`]
+//! output, and [`otlp`] export.
 pub mod otlp;
-pub mod resource;
+pub mod sink;
+pub mod stdout;

@@ -1,6 +1,7 @@
-//! Loading the kernel programs and attaching them, driven by a declarative
-//! probe table. Only stable tracepoints are used, so the baseline works on
-//! kernels without kprobes or fentry.
+//! Loading the kernel object and attaching the capture programs, driven by
+//! a declarative probe table. Only stable tracepoints are used here, so the
+//! baseline works on kernels without kprobes or fentry (uprobes and the
+//! cgroup programs are attached by `uprobes/` and [`super::injection`]).
 
 use std::path::Path;
 
@@ -9,43 +10,14 @@ use aya::{
     programs::{trace_point::TracePointLinkId, TracePoint},
     Ebpf, EbpfLoader,
 };
-use thiserror::Error;
 use tracer_common::{
     Config, MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_INFLIGHT, MAP_PID_FILTER, MAP_SCRATCH,
 };
 
+use super::{program, BpfError};
+
 /// The compiled kernel object, built by build.rs through aya-build.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
-
-#[derive(Debug, Error)]
-pub enum ProbeError {
-    #[error(
-        "this agent was built without its kernel programs (AYA_BUILD_SKIP was set); \
-         build it with `cargo xtask build`"
-    )]
-    NoObject,
-    #[error("loading the BPF object failed (are you root? is BTF available?)")]
-    Load(#[source] aya::EbpfError),
-    #[error("program {0} is missing from the BPF object")]
-    MissingProgram(&'static str),
-    #[error("program {name} failed verification or load")]
-    ProgramLoad {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("required tracepoint {category}:{tracepoint} could not be attached")]
-    RequiredAttach {
-        category: &'static str,
-        tracepoint: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("map {0}")]
-    Map(&'static str, #[source] aya::maps::MapError),
-    #[error("map {0} is missing from the BPF object")]
-    MissingMap(&'static str),
-}
 
 /// One hook: which program goes on which tracepoint, and whether the agent
 /// can run without it.
@@ -99,7 +71,7 @@ pub const PROBES: &[ProbeSpec] = &[
         tracepoint: "sched_process_exit",
         required: true,
     },
-    // New programs may bring TLS libraries (see tls.rs).
+    // New programs may bring TLS libraries (see uprobes/).
     ProbeSpec {
         program: "tracer_exec",
         category: "sched",
@@ -194,9 +166,9 @@ pub fn ensure_tracefs() {
 }
 
 /// Loads the object, writes the configuration, and attaches every probe.
-pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
+pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
     if BPF_OBJECT.is_empty() {
-        return Err(ProbeError::NoObject);
+        return Err(BpfError::NoObject);
     }
     let level = opts.kernel_log_level;
     let possible_cpus = aya::util::nr_cpus()
@@ -211,26 +183,25 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
         .map_max_entries(tracer_common::MAP_LAST_READ, opts.config.inflight_mask + 1)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .load(BPF_OBJECT)
-        .map_err(ProbeError::Load)?;
+        .map_err(BpfError::Load)?;
 
     {
         let map = ebpf
             .map_mut(MAP_CONFIG)
-            .ok_or(ProbeError::MissingMap(MAP_CONFIG))?;
-        let mut cfg: Array<_, Config> =
-            Array::try_from(map).map_err(|e| ProbeError::Map(MAP_CONFIG, e))?;
+            .ok_or(BpfError::MissingMap(MAP_CONFIG))?;
+        let mut cfg: Array<_, Config> = Array::try_from(map).map_err(BpfError::map(MAP_CONFIG))?;
         cfg.set(0, opts.config, 0)
-            .map_err(|e| ProbeError::Map(MAP_CONFIG, e))?;
+            .map_err(BpfError::map(MAP_CONFIG))?;
     }
     if !opts.pids.is_empty() {
         let map = ebpf
             .map_mut(MAP_PID_FILTER)
-            .ok_or(ProbeError::MissingMap(MAP_PID_FILTER))?;
+            .ok_or(BpfError::MissingMap(MAP_PID_FILTER))?;
         let mut pids: HashMap<_, u32, u8> =
-            HashMap::try_from(map).map_err(|e| ProbeError::Map(MAP_PID_FILTER, e))?;
+            HashMap::try_from(map).map_err(BpfError::map(MAP_PID_FILTER))?;
         for pid in &opts.pids {
             pids.insert(pid, 1, 0)
-                .map_err(|e| ProbeError::Map(MAP_PID_FILTER, e))?;
+                .map_err(BpfError::map(MAP_PID_FILTER))?;
         }
     }
 
@@ -242,19 +213,9 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
     let mut loaded: Vec<&'static str> = Vec::new();
     for spec in PROBES {
         let name = format!("{}:{}", spec.category, spec.tracepoint);
-        let prog: &mut TracePoint = ebpf
-            .program_mut(spec.program)
-            .ok_or(ProbeError::MissingProgram(spec.program))?
-            .try_into()
-            .map_err(|source| ProbeError::ProgramLoad {
-                name: spec.program,
-                source,
-            })?;
+        let prog: &mut TracePoint = program(&mut ebpf, spec.program)?;
         if !loaded.contains(&spec.program) {
-            prog.load().map_err(|source| ProbeError::ProgramLoad {
-                name: spec.program,
-                source,
-            })?;
+            prog.load().map_err(BpfError::program(spec.program))?;
             loaded.push(spec.program);
         }
         match prog.attach(spec.category, spec.tracepoint) {
@@ -263,7 +224,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), ProbeError> {
                 report.links.push((spec.program, id));
             }
             Err(source) if spec.required => {
-                return Err(ProbeError::RequiredAttach {
+                return Err(BpfError::RequiredAttach {
                     category: spec.category,
                     tracepoint: spec.tracepoint,
                     source,

@@ -7,7 +7,8 @@ use std::collections::{HashMap, VecDeque};
 
 use tracer_common::{DataHeader, TraceCtxEvent, DIR_INGRESS, EVENT_SERVER_CTX};
 
-use crate::{linker::KernelIds, stats::Stats};
+use super::ids::KernelIds;
+use crate::telemetry::Counters;
 
 /// Contexts waiting in each table before it is reset (counted).
 const MAX_WAITING: usize = 4096;
@@ -24,18 +25,12 @@ pub struct KernelContexts {
     injected: HashMap<(u32, u32), VecDeque<(u64, KernelIds)>>,
 }
 
-/// Local port in bits 16..32, remote port in bits 0..16 (see
-/// `tracer-ebpf/src/probes/inject.rs`).
-fn unpack_ports(p: u64) -> (u16, u16) {
-    (((p >> 16) & 0xffff) as u16, (p & 0xffff) as u16)
-}
-
 impl KernelContexts {
     pub fn is_empty(&self) -> bool {
         self.server.is_empty() && self.injected.is_empty()
     }
 
-    pub fn on_event(&mut self, ev: &TraceCtxEvent, stats: &Stats) {
+    pub fn on_event(&mut self, ev: &TraceCtxEvent, stats: &Counters) {
         let ids = KernelIds::from(ev);
         if ev.kind == EVENT_SERVER_CTX {
             if self.server.len() >= MAX_WAITING {
@@ -44,7 +39,7 @@ impl KernelContexts {
             }
             if self.server.insert(ev.conn_id, (ev.seq, ids)).is_some() {
                 // The previous one's data event never came.
-                Stats::inc(&stats.kernel_ctx_unmatched);
+                Counters::inc(&stats.kernel_ctx_unmatched);
             }
         } else {
             if self.injected.len() >= MAX_WAITING {
@@ -55,13 +50,13 @@ impl KernelContexts {
             let q = self.injected.entry((ev.tgid, ev.tid)).or_default();
             if q.len() >= MAX_PER_THREAD {
                 q.pop_front();
-                Stats::inc(&stats.kernel_ctx_overflow);
+                Counters::inc(&stats.kernel_ctx_overflow);
             }
             q.push_back((ev.conn_id, ids));
         }
     }
 
-    fn overflow(stats: &Stats, n: usize) {
+    fn overflow(stats: &Counters, n: usize) {
         stats
             .kernel_ctx_overflow
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -74,14 +69,14 @@ impl KernelContexts {
         hdr: &DataHeader,
         ports: Option<(Option<u16>, Option<u16>)>,
         out: &mut Vec<KernelIds>,
-        stats: &Stats,
+        stats: &Counters,
     ) {
         if hdr.direction == DIR_INGRESS {
             if let Some((seq, ids)) = self.server.remove(&hdr.conn_id) {
                 if seq == hdr.seq {
                     out.push(ids);
                 } else {
-                    Stats::inc(&stats.kernel_ctx_unmatched);
+                    Counters::inc(&stats.kernel_ctx_unmatched);
                 }
             }
             return;
@@ -91,11 +86,11 @@ impl KernelContexts {
         };
         let (local, peer) = ports.unwrap_or((None, None));
         for (packed, ids) in q {
-            let (l, r) = unpack_ports(packed);
+            let (l, r) = tracer_common::unpack_inject_ports(packed);
             // An injection into a connection the agent does not follow
             // must not be pinned on this one.
             if local.is_some_and(|p| p != l) || peer.is_some_and(|p| p != r) {
-                Stats::inc(&stats.kernel_ctx_unmatched);
+                Counters::inc(&stats.kernel_ctx_unmatched);
                 continue;
             }
             out.push(ids);
@@ -103,14 +98,14 @@ impl KernelContexts {
     }
 
     /// A connection closed: its SERVER context can no longer match.
-    pub fn forget_conn(&mut self, conn_id: u64, stats: &Stats) {
+    pub fn forget_conn(&mut self, conn_id: u64, stats: &Counters) {
         if self.server.remove(&conn_id).is_some() {
-            Stats::inc(&stats.kernel_ctx_unmatched);
+            Counters::inc(&stats.kernel_ctx_unmatched);
         }
     }
 
     /// A process exited.
-    pub fn forget_process(&mut self, tgid: u32, stats: &Stats) {
+    pub fn forget_process(&mut self, tgid: u32, stats: &Counters) {
         self.injected.retain(|(t, _), q| {
             if *t == tgid {
                 stats
@@ -159,7 +154,7 @@ mod tests {
 
     #[test]
     fn server_context_matches_its_data_event_only() {
-        let stats = Stats::default();
+        let stats = Counters::default();
         let mut k = KernelContexts::default();
         k.on_event(&ev(EVENT_SERVER_CTX, 5, 99, 3, 1), &stats);
         let mut out = Vec::new();
@@ -180,9 +175,9 @@ mod tests {
 
     #[test]
     fn injections_go_to_the_next_send_of_their_thread_and_connection() {
-        let stats = Stats::default();
+        let stats = Counters::default();
         let mut k = KernelContexts::default();
-        let ports = (40000u64 << 16) | 8080;
+        let ports = tracer_common::pack_inject_ports(40000, 8080);
         k.on_event(&ev(EVENT_INJECTED, 5, ports, 0, 1), &stats);
         k.on_event(&ev(EVENT_INJECTED, 5, ports, 0, 2), &stats);
         let mut out = Vec::new();
@@ -208,7 +203,7 @@ mod tests {
 
     #[test]
     fn tables_are_bounded() {
-        let stats = Stats::default();
+        let stats = Counters::default();
         let mut k = KernelContexts::default();
         for i in 0..(MAX_WAITING as u64 + 10) {
             k.on_event(&ev(EVENT_SERVER_CTX, 5, i, 0, 1), &stats);

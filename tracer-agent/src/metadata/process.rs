@@ -3,6 +3,9 @@
 
 use std::{collections::HashMap, fs, io::Read, path::PathBuf, sync::Arc};
 
+use super::HostView;
+use crate::telemetry::Counters;
+
 /// Processes cached at once; beyond this the cache is cleared (and counted)
 /// rather than grown: entries are cheap to rebuild.
 const MAX_PROCESSES: usize = 8192;
@@ -78,6 +81,21 @@ impl Process {
         Self::read_with(pid, comm, &ServiceNames::default())
     }
 
+    /// A process known only by what the kernel reported (replay).
+    pub fn from_comm(pid: u32, comm: &str, names: &ServiceNames) -> Self {
+        Self {
+            pid,
+            comm: comm.to_owned(),
+            exe_name: comm.to_owned(),
+            exe_path: None,
+            service_name: names
+                .lookup(pid, comm, comm)
+                .unwrap_or_else(|| comm.to_owned()),
+            start_ticks: 0,
+            container_id: None,
+        }
+    }
+
     pub fn read_with(pid: u32, comm: &str, names: &ServiceNames) -> Self {
         let exe_path = fs::read_link(format!("/proc/{pid}/exe")).ok();
         let exe_name = exe_path
@@ -104,7 +122,7 @@ impl Process {
             .unwrap_or(0);
         let container_id = fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
-            .and_then(|t| crate::export::resource::container_id_from_cgroup(&t));
+            .and_then(|t| super::container::container_id_from_cgroup(&t));
         Self {
             pid,
             comm: comm.to_owned(),
@@ -134,30 +152,36 @@ pub fn comm_str(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// Processes seen in events, read from /proc once each (or, offline, built
+/// from the kernel's `comm` alone).
 #[derive(Default)]
 pub struct ProcessCache {
     procs: HashMap<u32, Arc<Process>>,
     names: ServiceNames,
-    pub evictions: u64,
+    view: HostView,
 }
 
 impl ProcessCache {
-    pub fn new(names: ServiceNames) -> Self {
+    pub fn new(names: ServiceNames, view: HostView) -> Self {
         Self {
             names,
+            view,
             ..Self::default()
         }
     }
 
-    pub fn get_or_read(&mut self, pid: u32, comm: &str) -> Arc<Process> {
+    pub fn get_or_read(&mut self, pid: u32, comm: &str, counters: &Counters) -> Arc<Process> {
         if let Some(p) = self.procs.get(&pid) {
             return p.clone();
         }
         if self.procs.len() >= MAX_PROCESSES {
             self.procs.clear();
-            self.evictions += 1;
+            Counters::inc(&counters.process_cache_resets);
         }
-        let p = Arc::new(Process::read_with(pid, comm, &self.names));
+        let p = Arc::new(match self.view {
+            HostView::Live => Process::read_with(pid, comm, &self.names),
+            HostView::Offline => Process::from_comm(pid, comm, &self.names),
+        });
         self.procs.insert(pid, p.clone());
         p
     }
@@ -168,6 +192,10 @@ impl ProcessCache {
 
     pub fn len(&self) -> usize {
         self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
     }
 }
 

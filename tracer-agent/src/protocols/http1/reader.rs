@@ -1,4 +1,4 @@
-//! HTTP/1.x message framing and head parsing (RFC 9112).
+//! HTTP/1.x message framing and head parsing (RFC 9112), one direction.
 //!
 //! A [`MessageReader`] follows one direction of one connection. It is fed the
 //! payload of each captured syscall in order, plus "gaps" for bytes that
@@ -42,7 +42,7 @@ pub enum ParseError {
     Gap,
 }
 
-impl crate::protocols::propagation::HeaderLookup for Headers {
+impl crate::propagation::HeaderLookup for Headers {
     fn get(&self, lower_name: &str) -> Option<&str> {
         self.trace
             .iter()
@@ -590,7 +590,7 @@ fn parse_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::propagation::HeaderLookup as _;
+    use crate::propagation::HeaderLookup as _;
 
     /// Feeds `chunks` (each one syscall) and collects every event.
     fn run(kind: Kind, chunks: &[&[u8]], ctx: ResponseContext) -> Vec<Event> {

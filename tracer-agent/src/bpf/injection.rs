@@ -13,37 +13,12 @@ use aya::{
     programs::{CgroupAttachMode, Program, SkMsg, SockOps},
     Ebpf,
 };
-use thiserror::Error;
 use tracer_common::{
     SockKey, MAP_SOCKS, MAP_TAIL_PROGS, MAP_TLS_TAIL_PROGS, PROG_INJECT, PROG_SERVER_CTX,
     PROG_SOCK_OPS, PROG_TLS_SERVER_CTX, TAIL_SERVER_CTX,
 };
 
-#[derive(Debug, Error)]
-pub enum InjectError {
-    #[error("no cgroup v2 mount found in /proc/self/mountinfo; mount one or pass --cgroup-path")]
-    NoCgroup2,
-    #[error("cannot open cgroup directory {0}")]
-    Cgroup(PathBuf, #[source] std::io::Error),
-    #[error("program {0} is missing from the BPF object")]
-    MissingProgram(&'static str),
-    #[error("map {0} is missing from the BPF object")]
-    MissingMap(&'static str),
-    #[error("program {name}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("map {name}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("duplicating a file descriptor")]
-    Fd(#[source] std::io::Error),
-}
+use super::{program, BpfError};
 
 /// The first cgroup v2 mount point in a mountinfo text (field 5 is the
 /// mount point; the filesystem type follows the ` - ` separator).
@@ -93,54 +68,41 @@ fn unescape_octal(s: &str) -> String {
 
 /// Which cgroup directory to attach to: the one given, else the cgroup v2
 /// mount.
-pub fn cgroup_dir(given: Option<&Path>) -> Result<PathBuf, InjectError> {
+pub fn cgroup_dir(given: Option<&Path>) -> Result<PathBuf, BpfError> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| InjectError::Cgroup("/proc/self/mountinfo".into(), e))?;
-    cgroup2_mount(&info).ok_or(InjectError::NoCgroup2)
+        .map_err(|e| BpfError::Cgroup("/proc/self/mountinfo".into(), e))?;
+    cgroup2_mount(&info).ok_or(BpfError::NoCgroup2)
 }
 
 /// Loads and attaches the injection programs. Their links live as long as
 /// `ebpf`.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), InjectError> {
-    let prog_err = |name: &'static str| move |source| InjectError::Program { name, source };
-
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
     // 1. The SERVER-context reader, tail-called by the capture hook, and
     // its kprobe-type twin for the TLS return probe.
     load_into_tail_map(ebpf, PROG_SERVER_CTX, MAP_TAIL_PROGS)?;
     load_into_tail_map(ebpf, PROG_TLS_SERVER_CTX, MAP_TLS_TAIL_PROGS)?;
 
     // 2. The injector on the sockhash (before sockets can enter it).
-    let socks: SockHash<_, SockKey> = SockHash::try_from(
-        ebpf.map(MAP_SOCKS)
-            .ok_or(InjectError::MissingMap(MAP_SOCKS))?,
-    )
-    .map_err(|source| InjectError::Map {
-        name: MAP_SOCKS,
-        source,
-    })?;
-    let socks_fd = socks.fd().try_clone().map_err(InjectError::Fd)?;
-    let inject: &mut SkMsg = ebpf
-        .program_mut(PROG_INJECT)
-        .ok_or(InjectError::MissingProgram(PROG_INJECT))?
-        .try_into()
-        .map_err(prog_err(PROG_INJECT))?;
-    inject.load().map_err(prog_err(PROG_INJECT))?;
-    inject.attach(&socks_fd).map_err(prog_err(PROG_INJECT))?;
+    let socks: SockHash<_, SockKey> =
+        SockHash::try_from(ebpf.map(MAP_SOCKS).ok_or(BpfError::MissingMap(MAP_SOCKS))?)
+            .map_err(BpfError::map(MAP_SOCKS))?;
+    let socks_fd = socks.fd().try_clone().map_err(BpfError::Fd)?;
+    let inject: &mut SkMsg = program(ebpf, PROG_INJECT)?;
+    inject.load().map_err(BpfError::program(PROG_INJECT))?;
+    inject
+        .attach(&socks_fd)
+        .map_err(BpfError::program(PROG_INJECT))?;
 
     // 3. sock_ops on the cgroup: client sockets enter the sockhash. A BPF
     // link (kernel >= 5.7) coexists with other programs on the cgroup.
-    let dir = File::open(cgroup).map_err(|e| InjectError::Cgroup(cgroup.to_path_buf(), e))?;
-    let ops: &mut SockOps = ebpf
-        .program_mut(PROG_SOCK_OPS)
-        .ok_or(InjectError::MissingProgram(PROG_SOCK_OPS))?
-        .try_into()
-        .map_err(prog_err(PROG_SOCK_OPS))?;
-    ops.load().map_err(prog_err(PROG_SOCK_OPS))?;
+    let dir = File::open(cgroup).map_err(|e| BpfError::Cgroup(cgroup.to_path_buf(), e))?;
+    let ops: &mut SockOps = program(ebpf, PROG_SOCK_OPS)?;
+    ops.load().map_err(BpfError::program(PROG_SOCK_OPS))?;
     ops.attach(dir, CgroupAttachMode::Single)
-        .map_err(prog_err(PROG_SOCK_OPS))?;
+        .map_err(BpfError::program(PROG_SOCK_OPS))?;
     Ok(())
 }
 
@@ -150,24 +112,24 @@ fn load_into_tail_map(
     ebpf: &mut Ebpf,
     name: &'static str,
     map: &'static str,
-) -> Result<(), InjectError> {
-    let prog_err = |source| InjectError::Program { name, source };
+) -> Result<(), BpfError> {
+    let prog_err = BpfError::program(name);
     let prog = ebpf
         .program_mut(name)
-        .ok_or(InjectError::MissingProgram(name))?;
+        .ok_or(BpfError::MissingProgram(name))?;
     match prog {
         Program::TracePoint(p) => p.load(),
         Program::UProbe(p) => p.load(),
-        _ => return Err(InjectError::MissingProgram(name)),
+        _ => return Err(BpfError::MissingProgram(name)),
     }
     .map_err(prog_err)?;
     let fd = prog
         .fd()
         .map_err(prog_err)?
         .try_clone()
-        .map_err(InjectError::Fd)?;
-    let map_err = |source| InjectError::Map { name: map, source };
-    let mut tails = ProgramArray::try_from(ebpf.map_mut(map).ok_or(InjectError::MissingMap(map))?)
+        .map_err(BpfError::Fd)?;
+    let map_err = BpfError::map(map);
+    let mut tails = ProgramArray::try_from(ebpf.map_mut(map).ok_or(BpfError::MissingMap(map))?)
         .map_err(map_err)?;
     tails.set(TAIL_SERVER_CTX, &fd, 0).map_err(map_err)
 }

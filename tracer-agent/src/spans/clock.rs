@@ -17,6 +17,12 @@ pub struct Clock {
     offset_ns: i128,
 }
 
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Clock {
     pub fn new() -> Self {
         let mut c = Self { offset_ns: 0 };

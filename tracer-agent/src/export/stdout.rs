@@ -12,17 +12,8 @@ use std::{
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+pub use crate::cli::Format;
 use crate::spans::{hex, AttrValue, Span, StatusCode};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// One human-readable line per span.
-    Text,
-    /// One JSON object per line.
-    Json,
-    /// No local output (useful once OTLP export is configured).
-    None,
-}
 
 fn attr_json(v: &AttrValue) -> Value {
     match v {
@@ -38,11 +29,11 @@ pub fn to_json(s: &Span) -> Value {
     }
     let p = &s.process;
     json!({
-        "trace_id": hex(&s.trace_id),
-        "span_id": hex(&s.span_id),
-        "parent_span_id": s.parent_span_id.map(|p| hex(&p)),
-        "trace_flags": s.trace_flags,
-        "tracestate": s.tracestate,
+        "trace_id": hex(&s.ids.trace_id),
+        "span_id": hex(&s.ids.span_id),
+        "parent_span_id": s.ids.parent_span_id.map(|p| hex(&p)),
+        "trace_flags": s.ids.flags,
+        "tracestate": s.ids.tracestate,
         "kind": s.kind.as_str(),
         "name": s.name,
         "start_time_unix_nano": s.start_unix_ns,
@@ -110,9 +101,9 @@ pub fn write_text(out: &mut impl Write, s: &Span) -> std::io::Result<()> {
         } else {
             ""
         },
-        hex(&s.trace_id),
-        hex(&s.span_id),
-        s.parent_span_id.map_or_else(|| "-".into(), |p| hex(&p)),
+        hex(&s.ids.trace_id),
+        hex(&s.ids.span_id),
+        s.ids.parent_span_id.map_or_else(|| "-".into(), |p| hex(&p)),
     )
 }
 

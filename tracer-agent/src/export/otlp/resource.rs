@@ -3,7 +3,7 @@
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
-use crate::procinfo::Process;
+use crate::metadata::process::Process;
 
 /// The host's name (`gethostname`), read once.
 pub fn host_name() -> String {
@@ -15,22 +15,6 @@ pub fn host_name() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// The container id in a /proc/PID/cgroup text: the last 64-hex-digit run
-/// in a path (docker, containerd, cri-o and podman all embed it, with
-/// prefixes such as `docker-`, `cri-containerd-` and a `.scope` suffix).
-pub fn container_id_from_cgroup(text: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.rsplit(':').next())
-        .flat_map(|path| path.split('/'))
-        .filter_map(|seg| {
-            let seg = seg.trim_end_matches(".scope");
-            let tail = seg.rsplit(['-', ':']).next().unwrap_or(seg);
-            (tail.len() == 64 && tail.bytes().all(|c| c.is_ascii_hexdigit()))
-                .then(|| tail.to_ascii_lowercase())
-        })
-        .next_back()
 }
 
 /// A stable id for one run of one process on this host: host, pid and the
@@ -83,23 +67,6 @@ pub fn resource_for(p: &Process, host: &str) -> Resource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn container_ids() {
-        let id = "3f1a9c2b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
-        let docker = format!("0::/system.slice/docker-{id}.scope\n");
-        assert_eq!(container_id_from_cgroup(&docker).as_deref(), Some(id));
-        let k8s = format!(
-            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"
-        );
-        assert_eq!(container_id_from_cgroup(&k8s).as_deref(), Some(id));
-        let v1 = format!("12:pids:/docker/{id}\n11:cpu:/docker/{id}");
-        assert_eq!(container_id_from_cgroup(&v1).as_deref(), Some(id));
-        assert_eq!(
-            container_id_from_cgroup("0::/user.slice/session-3.scope"),
-            None
-        );
-    }
 
     #[test]
     fn instance_ids_are_uuid_shaped_and_distinct() {

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     spans::{AttrValue, Span, SpanKind as OurKind, StatusCode},
-    stats::Stats,
+    telemetry::Counters,
 };
 
 /// Distinct export failure messages remembered for log rate-limiting.
@@ -153,22 +153,26 @@ fn unix(ns: u64) -> SystemTime {
 /// Maps a span onto the exporter's data model, ids and times unchanged.
 pub fn to_span_data(s: &Span, scope: &InstrumentationScope) -> SpanData {
     let state = s
+        .ids
         .tracestate
         .as_deref()
         .and_then(|t| t.parse::<TraceState>().ok())
         .unwrap_or_default();
     SpanData {
         span_context: SpanContext::new(
-            TraceId::from_bytes(s.trace_id),
-            SpanId::from_bytes(s.span_id),
-            TraceFlags::new(s.trace_flags),
+            TraceId::from_bytes(s.ids.trace_id),
+            SpanId::from_bytes(s.ids.span_id),
+            TraceFlags::new(s.ids.flags),
             false,
             state,
         ),
-        parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_id: s
+            .ids
+            .parent_span_id
+            .map_or(SpanId::INVALID, SpanId::from_bytes),
         // A SERVER span's parent came over the wire; a CLIENT span's parent
         // (from the app's own traceparent) lives in the same process.
-        parent_span_is_remote: s.parent_span_id.is_some() && s.kind == OurKind::Server,
+        parent_span_is_remote: s.ids.parent_span_id.is_some() && s.kind == OurKind::Server,
         span_kind: match s.kind {
             OurKind::Server => SpanKind::Server,
             OurKind::Client => SpanKind::Client,
@@ -223,7 +227,7 @@ pub struct Exporter {
     exporter: opentelemetry_otlp::SpanExporter,
     cfg: OtlpConfig,
     queued: Arc<AtomicUsize>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     host: String,
     scope: InstrumentationScope,
     resources: HashMap<u32, Resource>,
@@ -234,7 +238,7 @@ impl Exporter {
     pub fn new(
         cfg: OtlpConfig,
         queued: Arc<AtomicUsize>,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
     ) -> Result<Self, ExportSetupError> {
         Ok(Self {
             exporter: build_exporter(&cfg)?,
@@ -351,16 +355,18 @@ pub fn queue_depth(queued: &AtomicUsize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procinfo::Process;
+    use crate::{metadata::process::Process, trace::ids::SpanIds};
 
     #[test]
     fn span_data_keeps_ids_times_and_parent() {
         let span = Span {
-            trace_id: [7; 16],
-            span_id: [8; 8],
-            parent_span_id: Some([9; 8]),
-            trace_flags: 1,
-            tracestate: Some("k=v".into()),
+            ids: SpanIds {
+                trace_id: [7; 16],
+                span_id: [8; 8],
+                parent_span_id: Some([9; 8]),
+                flags: 1,
+                tracestate: Some("k=v".into()),
+            },
             kind: OurKind::Server,
             name: "GET /x".into(),
             start_unix_ns: 1_000_000_000,

@@ -1,0 +1,335 @@
+//! The agent's wiring: configuration into the kernel programs, the sinks,
+//! the pipeline; the run loop (ring drains, process notices, the periodic
+//! report); and an orderly shutdown (drain, detach, flush).
+
+use std::{
+    sync::{atomic::AtomicUsize, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf,
+};
+use thiserror::Error;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracer_common::{Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_RINGBUF_DROPS};
+
+use crate::{
+    bpf::{
+        injection,
+        kernel::{ConnMap, StatsMap},
+        loader,
+        recording::Recorder,
+        ring, BpfError,
+    },
+    cli::{Args, Switch},
+    export::{
+        otlp::{self, config::ConfigError, exporter::ExportSetupError},
+        sink::{DropCounter, Sink},
+        stdout,
+    },
+    metadata::{process::ServiceNames, HostView},
+    pipeline::{filter::Filters, Pipeline, PipelineConfig},
+    propagation::kernel_order,
+    telemetry::{report, Gauges, Registry},
+    uprobes::TlsProbes,
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("OTLP configuration")]
+    OtlpConfig(#[source] ConfigError),
+    #[error("setting up OTLP export")]
+    OtlpSetup(#[source] ExportSetupError),
+    #[error("{0}")]
+    Flags(String),
+    #[error("starting the kernel side")]
+    Kernel(#[source] BpfError),
+    #[error("context injection (--inject-context on)")]
+    Injection(#[source] BpfError),
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> AgentError {
+    move |source| AgentError::Io { what, source }
+}
+
+/// Longest the agent waits at shutdown for queued spans to be written and
+/// exported.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// aya-log levels: 1 error .. 5 trace.
+fn kernel_log_level(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 1,
+        tracing::Level::WARN => 2,
+        tracing::Level::INFO => 3,
+        tracing::Level::DEBUG => 4,
+        tracing::Level::TRACE => 5,
+    }
+}
+
+/// Takes map `name` out of the object.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, AgentError> {
+    ebpf.take_map(name)
+        .ok_or(AgentError::Kernel(BpfError::MissingMap(name)))
+}
+
+/// Forwards the kernel programs' aya-log records to the agent's log.
+fn forward_kernel_logs(ebpf: &mut Ebpf) -> Result<(), AgentError> {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring-buffer fd and keeps it open
+            // for as long as the AsyncFd lives.
+            let mut logger =
+                unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                    .map_err(|e| io("polling kernel logs")(std::io::Error::other(e.to_string())))?;
+            tokio::spawn(async move {
+                while let Ok(mut guard) = logger.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::warn!("kernel-side logs unavailable: {e}"),
+    }
+    Ok(())
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> Result<(), AgentError> {
+    // Configuration errors are reported before anything is loaded.
+    let otlp_cfg =
+        otlp::config::resolve(&args, |k| std::env::var(k).ok()).map_err(AgentError::OtlpConfig)?;
+    let service_names = ServiceNames::parse(&args.service_names).map_err(AgentError::Flags)?;
+    let propagators = args.propagator_list().map_err(AgentError::Flags)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::warn!("not running as root: loading BPF programs will likely fail");
+    }
+    loader::ensure_tracefs();
+
+    let opts = loader::LoadOptions {
+        ring_bytes: args.ring_buffer_bytes,
+        max_conns: args.max_connections,
+        config: Config {
+            max_capture: args.max_capture_bytes,
+            self_tgid: std::process::id(),
+            filter_pids: u32::from(!args.pids.is_empty()),
+            inflight_mask: loader::inflight_slots() - 1,
+            inject_context: u32::from(args.inject_context == Switch::On),
+            propagators: kernel_order(&propagators),
+            tls: u32::from(args.tls == Switch::On),
+            _pad: 0,
+        },
+        pids: args.pids.clone(),
+        kernel_log_level: kernel_log_level(args.log_level),
+    };
+    let (mut ebpf, mut report) = loader::load(&opts).map_err(AgentError::Kernel)?;
+    for (name, why) in &report.failed {
+        tracing::warn!("optional probe {name} not attached: {why}");
+    }
+    tracing::info!(
+        "attached {}/{} tracepoints",
+        report.attached.len(),
+        loader::PROBES.len()
+    );
+    tracing::debug!("attached: {}", report.attached.join(", "));
+    let mut attached_programs = report.attached.len();
+    if args.inject_context == Switch::On {
+        let dir =
+            injection::cgroup_dir(args.cgroup_path.as_deref()).map_err(AgentError::Injection)?;
+        injection::attach(&mut ebpf, &dir).map_err(AgentError::Injection)?;
+        attached_programs += 2;
+        tracing::info!(
+            cgroup = %dir.display(),
+            "context injection on: outgoing HTTP/1 requests get a traceparent"
+        );
+    }
+    forward_kernel_logs(&mut ebpf)?;
+
+    let ring_map = take_map(&mut ebpf, MAP_EVENTS)?;
+    let mut ring = RingBuf::try_from(ring_map)
+        .map_err(|e| AgentError::Kernel(BpfError::map(MAP_EVENTS)(e)))?;
+    let conns: BpfHashMap<MapData, u64, tracer_common::ConnState> =
+        BpfHashMap::try_from(take_map(&mut ebpf, MAP_CONNS)?)
+            .map_err(|e| AgentError::Kernel(BpfError::map(MAP_CONNS)(e)))?;
+    let kstats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(take_map(&mut ebpf, MAP_STATS)?)
+        .map_err(|e| AgentError::Kernel(BpfError::map(MAP_STATS)(e)))?;
+    let registry = Registry::new().with_kernel(Arc::new(StatsMap(Mutex::new(kstats))));
+    let (counters, gauges) = (registry.counters.clone(), registry.gauges.clone());
+
+    let mut tls = if args.tls == Switch::On {
+        match TlsProbes::load(&mut ebpf, counters.clone(), gauges.clone()) {
+            Ok(mut t) => {
+                t.scan_all(&mut ebpf);
+                Some(t)
+            }
+            Err(e) => {
+                tracing::warn!("TLS capture unavailable: {e}");
+                None
+            }
+        }
+    } else {
+        tracing::info!("TLS capture off (--tls off): HTTPS traffic is not traced");
+        None
+    };
+
+    let mut sinks = Vec::new();
+    let writer = if args.output == stdout::Format::None {
+        None
+    } else {
+        let (sink, rx, queued) = Sink::channel(args.span_queue, DropCounter::Output);
+        sinks.push(sink);
+        Some(tokio::spawn(stdout::run(rx, queued, args.output)))
+    };
+    let mut otlp_queued = Arc::new(AtomicUsize::new(0));
+    let exporter = match otlp_cfg {
+        Some(cfg) => {
+            tracing::info!(
+                endpoint = %cfg.endpoint,
+                protocol = ?cfg.protocol,
+                "exporting spans over OTLP"
+            );
+            let (sink, rx, queued) = Sink::channel(cfg.queue_size, DropCounter::Otlp);
+            sinks.push(sink);
+            otlp_queued = queued.clone();
+            let exp = otlp::exporter::Exporter::new(cfg, queued, counters.clone())
+                .map_err(AgentError::OtlpSetup)?;
+            Some(tokio::spawn(exp.run(rx, SHUTDOWN_FLUSH)))
+        }
+        None => None,
+    };
+    let mut recorder = match &args.record {
+        Some(path) => {
+            let r = Recorder::create(path, args.record_max_bytes, counters.clone())
+                .map_err(io("creating the --record file"))?;
+            tracing::info!(file = %path.display(), "recording kernel events");
+            Some(r)
+        }
+        None => None,
+    };
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            max_conns: args.max_connections as usize,
+            filters: Filters {
+                exes: args.exes.clone(),
+                ports: args.ports.clone(),
+            },
+            service_names,
+            propagators,
+            host: HostView::Live,
+        },
+        Box::new(ConnMap(conns)),
+        counters.clone(),
+        gauges.clone(),
+        sinks,
+    );
+
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
+    // The first event after idleness waits at most DRAIN_IDLE, well within
+    // the ring's capacity.
+    let mut drain_delay = ring::DRAIN_BUSY;
+    let mut notices = Vec::new();
+    // Process notices (exec, dlopen) are sent with a wakeup, unlike data:
+    // a library loaded by dlopen should be probed before the program's
+    // first TLS call, not up to 50 ms later. A duplicate of the ring's fd
+    // is polled (edge-triggered: only those wakeups make it ready).
+    let wake = {
+        use std::os::fd::AsFd as _;
+        let fd = ring
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io("duplicating the ring buffer fd"))?;
+        // SAFETY: `fd` is an owned duplicate that lives as long as the
+        // AsyncFd (it owns it).
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| io("polling the ring buffer")(std::io::Error::other(e.to_string())))?
+    };
+    let mut drops = report::DropWatch::default();
+    tracing::info!(pid = std::process::id(), "tracer ready");
+
+    loop {
+        tokio::select! {
+            woke = wake.readable() => {
+                if let Ok(mut guard) = woke {
+                    guard.clear_ready();
+                }
+                // Drain now (the branch below runs at once).
+                drain_delay = Duration::ZERO;
+            }
+            _ = tokio::time::sleep(drain_delay) => {
+                let read = ring::drain(&mut ring, &mut pipeline, recorder.as_mut());
+                drain_delay = ring::next_delay(drain_delay, read);
+                pipeline.take_notices(&mut notices);
+                if let Some(t) = tls.as_mut() {
+                    let now = Instant::now();
+                    t.on_notices(&mut ebpf, &mut notices, now);
+                    t.run_due(&mut ebpf, now);
+                    // Exec re-scans are due within milliseconds.
+                    if let Some(due) = t.next_due() {
+                        drain_delay = drain_delay.min(due.saturating_duration_since(now));
+                    }
+                } else {
+                    notices.clear();
+                }
+            }
+            _ = tick.tick() => {
+                pipeline.tick();
+                Gauges::set(
+                    &gauges.otlp_queue,
+                    otlp::exporter::queue_depth(&otlp_queued) as u64,
+                );
+                Gauges::set(&gauges.bpf_programs_attached, attached_programs as u64);
+                tracing::debug!("{}", report::line(&registry.snapshot(), true));
+                // Lost data is worth a warning (once per interval at most).
+                if let Some(n) = drops.new_drops(registry.kernel_value(STAT_RINGBUF_DROPS)) {
+                    tracing::warn!(
+                        "kernel ring buffer full: {n} events dropped in the last {}s \
+                         (raise --ring-buffer-bytes or lower --max-capture-bytes)",
+                        args.stats_interval
+                    );
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: detaching probes");
+    // Read what is already queued, then detach before the final flush.
+    let _ = ring::drain(&mut ring, &mut pipeline, recorder.as_mut());
+    pipeline.drain();
+    drop(pipeline);
+    drop(recorder);
+    if let Some(t) = tls.as_mut() {
+        t.detach_all(&mut ebpf);
+    }
+    loader::detach_tracepoints(&mut ebpf, std::mem::take(&mut report.links));
+    drop(ebpf);
+    // Both consumers end once their channel is drained; the exporter
+    // bounds its own flush by SHUTDOWN_FLUSH.
+    for task in [writer, exporter].into_iter().flatten() {
+        if tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(1), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("span output did not finish in time");
+        }
+    }
+    // The kernel's counters outlive its programs (the agent holds the
+    // map), and the exporters have counted their last batch by now.
+    tracing::info!("summary: {}", report::line(&registry.snapshot(), false));
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! One connection's session: its metadata, the per-connection sequence
+//! check, and the protocol state chosen for it. The session routes each
+//! syscall's bytes to the request or response side and switches protocol
+//! when the connection stops speaking the one it started with.
+
+use std::sync::Arc;
+
+use tracer_common::{DataHeader, DIR_INGRESS};
+
+use crate::metadata::conn::{ConnMeta, Role};
+use crate::{
+    protocols::{
+        http1::Http1, Chunk, ContextChooser, Protocol, ProtocolKind, Record, Side, Stitch,
+    },
+    telemetry::Counters,
+    trace::task::TaskId,
+};
+
+/// The protocol state of a connection.
+#[derive(Debug)]
+enum State {
+    Http1(Box<Http1>),
+    /// Not (or no longer) a protocol the agent parses: bytes are dropped.
+    /// An HTTP/1 upgrade (h2c, WebSocket) or CONNECT tunnel ends here
+    /// until the agent parses what follows.
+    Opaque,
+}
+
+impl State {
+    fn protocol(&mut self) -> Option<&mut dyn Protocol> {
+        match self {
+            State::Http1(p) => Some(p.as_mut()),
+            State::Opaque => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    meta: Arc<ConnMeta>,
+    state: State,
+    next_seq: u32,
+    last_ts: u64,
+}
+
+impl Session {
+    pub fn new(meta: ConnMeta, kind: ProtocolKind, trace_names: Arc<[String]>) -> Self {
+        let state = match kind {
+            ProtocolKind::Http1 => State::Http1(Box::new(Http1::new(trace_names))),
+        };
+        Self {
+            meta: Arc::new(meta),
+            state,
+            next_seq: 0,
+            last_ts: 0,
+        }
+    }
+
+    pub fn meta(&self) -> &ConnMeta {
+        &self.meta
+    }
+
+    /// Kernel time of the last event on the connection.
+    pub fn last_ts(&self) -> u64 {
+        self.last_ts
+    }
+
+    /// Bytes held for partial messages.
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            State::Http1(p) => p.buffered(),
+            State::Opaque => 0,
+        }
+    }
+
+    /// Drops partial messages (buffer budget exceeded).
+    pub fn shed(&mut self) {
+        if let Some(p) = self.state.protocol() {
+            p.shed();
+        }
+    }
+
+    /// Feeds one captured syscall.
+    pub fn on_data(
+        &mut self,
+        hdr: &DataHeader,
+        payload: &[u8],
+        ids: &mut dyn ContextChooser,
+        out: &mut Vec<Record>,
+        counters: &Counters,
+    ) {
+        let lost = hdr.seq != self.next_seq;
+        self.next_seq = hdr.seq.wrapping_add(1);
+        self.last_ts = hdr.ts;
+        let ingress = hdr.direction == DIR_INGRESS;
+        let chunk = Chunk {
+            side: if ingress == (self.meta.role == Role::Server) {
+                Side::Request
+            } else {
+                Side::Response
+            },
+            bytes: payload,
+            gap: u64::from(hdr.total_len.saturating_sub(hdr.captured_len)),
+            ts: hdr.ts,
+            task: TaskId::thread(hdr.tgid, hdr.tid),
+        };
+        let mut cx = Stitch {
+            conn: &self.meta,
+            out,
+            counters,
+        };
+        let Some(p) = self.state.protocol() else {
+            return;
+        };
+        if lost {
+            // Events of this connection were lost.
+            Counters::inc(&counters.seq_gaps);
+            p.on_lost(&mut cx);
+        }
+        p.on_chunk(&chunk, ids, &mut cx);
+        if p.switched() {
+            Counters::inc(&counters.protocol_switches);
+            self.state = State::Opaque;
+        }
+    }
+
+    /// The connection is gone: complete what can be completed.
+    pub fn on_close(&mut self, ts: u64, out: &mut Vec<Record>, counters: &Counters) {
+        let mut cx = Stitch {
+            conn: &self.meta,
+            out,
+            counters,
+        };
+        if let Some(p) = self.state.protocol() {
+            p.on_close(ts, &mut cx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{DIR_EGRESS, EVENT_DATA};
+
+    use super::*;
+    use crate::protocols::{test_support::FixedIds, HttpExchange, Message};
+
+    struct Feed {
+        session: Session,
+        seq: u32,
+        ts: u64,
+        counters: Counters,
+        out: Vec<Record>,
+    }
+
+    impl Feed {
+        fn new(role: Role) -> Self {
+            Self {
+                session: Session::new(
+                    ConnMeta::new(1, 10, 3, role, None, None),
+                    ProtocolKind::Http1,
+                    Arc::from(Vec::<String>::new()),
+                ),
+                seq: 0,
+                ts: 100,
+                counters: Counters::default(),
+                out: Vec::new(),
+            }
+        }
+
+        fn send(&mut self, dir: u8, payload: &[u8], total: u32) {
+            let hdr = DataHeader {
+                kind: EVENT_DATA,
+                direction: dir,
+                tgid: 10,
+                tid: 11,
+                fd: 3,
+                conn_id: 1,
+                ts: self.ts,
+                total_len: total,
+                captured_len: payload.len() as u32,
+                seq: self.seq,
+                ..Default::default()
+            };
+            self.seq += 1;
+            self.ts += 10;
+            self.session
+                .on_data(&hdr, payload, &mut FixedIds, &mut self.out, &self.counters);
+        }
+
+        fn http(&self, i: usize) -> &HttpExchange {
+            match &self.out[i].message {
+                Message::Http(h) => h,
+            }
+        }
+    }
+
+    fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+        c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn keep_alive_server_exchanges() {
+        let mut f = Feed::new(Role::Server);
+        for i in 0..5 {
+            let req = format!("GET /item/{i} HTTP/1.1\r\nHost: h\r\n\r\n");
+            f.send(DIR_INGRESS, req.as_bytes(), req.len() as u32);
+            let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            f.send(DIR_EGRESS, resp, resp.len() as u32);
+        }
+        assert_eq!(f.out.len(), 5);
+        for i in 0..5 {
+            assert_eq!(f.http(i).target, format!("/item/{i}"));
+            assert_eq!(f.http(i).status, 200);
+            assert_eq!(f.out[i].end_ts - f.out[i].start_ts, 10);
+            assert!(!f.out[i].end_estimated);
+            assert_eq!(f.out[i].task, TaskId::thread(10, 11));
+        }
+    }
+
+    #[test]
+    fn pipelined_client_with_head_and_truncated_body() {
+        let mut f = Feed::new(Role::Client);
+        let reqs = b"HEAD /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        f.send(DIR_EGRESS, reqs, reqs.len() as u32);
+        // HEAD response advertises a length but has no body; the GET
+        // response's body is mostly not captured (a gap).
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nHTTP/1.1 404 NF\r\nContent-Length: 5000\r\n\r\nab";
+        f.send(DIR_INGRESS, resp, resp.len() as u32 + 4998);
+        assert_eq!(f.out.len(), 2);
+        assert_eq!(f.http(0).method, "HEAD");
+        assert_eq!(f.http(1).status, 404);
+        assert!(!f.out[1].end_estimated);
+    }
+
+    #[test]
+    fn lost_chunked_body_ends_at_next_request() {
+        let mut f = Feed::new(Role::Server);
+        f.send(DIR_INGRESS, b"GET /1 HTTP/1.1\r\n\r\n", 19);
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\nxx";
+        f.send(DIR_EGRESS, resp, 9000);
+        assert!(f.out.is_empty());
+        f.send(DIR_INGRESS, b"GET /2 HTTP/1.1\r\n\r\n", 19);
+        assert_eq!(f.out.len(), 1);
+        assert!(f.out[0].end_estimated);
+        f.send(DIR_EGRESS, b"HTTP/1.1 204 No\r\n\r\n", 19);
+        assert_eq!(f.out.len(), 2);
+        assert_eq!(f.http(1).target, "/2");
+    }
+
+    #[test]
+    fn sequence_gap_resyncs() {
+        let mut f = Feed::new(Role::Server);
+        f.send(DIR_INGRESS, b"GET /1 HTTP/1.1\r\n\r\n", 19);
+        f.seq += 3; // three events lost
+        f.send(DIR_EGRESS, b"tail of something", 17);
+        f.send(DIR_INGRESS, b"GET /2 HTTP/1.1\r\n\r\n", 19);
+        f.send(
+            DIR_EGRESS,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            38,
+        );
+        assert_eq!(load(&f.counters.seq_gaps), 1);
+        // /1's response may have been lost: it is dropped, never paired
+        // with /2's response.
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.http(0).target, "/2");
+    }
+
+    #[test]
+    fn close_completes_read_until_close_and_counts_unanswered() {
+        let mut f = Feed::new(Role::Client);
+        f.send(DIR_EGRESS, b"GET /a HTTP/1.0\r\n\r\n", 19);
+        f.send(DIR_INGRESS, b"HTTP/1.0 200 OK\r\n\r\nbody", 23);
+        f.send(DIR_EGRESS, b"GET /b HTTP/1.0\r\n\r\n", 19);
+        assert!(f.out.is_empty());
+        f.session.on_close(1000, &mut f.out, &f.counters);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].end_ts, 110);
+        assert_eq!(f.http(0).version, "1.0");
+        assert_eq!(load(&f.counters.unanswered_requests), 1);
+    }
+
+    #[test]
+    fn upgrade_switches_the_session_off_http1() {
+        let mut f = Feed::new(Role::Server);
+        let req = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        f.send(DIR_INGRESS, req, req.len() as u32);
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n";
+        f.send(DIR_EGRESS, resp, resp.len() as u32);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.http(0).status, 101);
+        assert_eq!(load(&f.counters.protocol_switches), 1);
+        // What follows is not HTTP/1: nothing more is parsed.
+        f.send(DIR_INGRESS, b"GET /x HTTP/1.1\r\n\r\n", 19);
+        f.send(DIR_EGRESS, b"HTTP/1.1 200 OK\r\n\r\n", 19);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.session.buffered(), 0);
+    }
+}

@@ -1,0 +1,30 @@
+//! `tracer-agent`: the userspace side of the tracer, as a library of
+//! stages that follow the data (the `tracer` binary parses flags and calls
+//! [`agent::run`]):
+//!
+//! - [`bpf`]: load and attach the kernel programs, drain the ring, decode
+//!   and record its records, the maps the agent writes;
+//! - [`uprobes`]: uprobes per file (OpenSSL), found through `/proc` and
+//!   exec/dlopen notices;
+//! - [`pipeline`]: dispatch of each record, filters, notices, replay;
+//! - [`conn`]: connection table, metadata and per-connection session;
+//! - [`protocols`]: the `Protocol` trait, neutral records, HTTP/1;
+//! - [`propagation`]: trace-context headers (W3C, B3, Jaeger, custom);
+//! - [`trace`]: span ids, parent links keyed by task, kernel-chosen ids;
+//! - [`spans`]: the span model and semantic-convention mapping;
+//! - [`metadata`]: processes, containers, sockets;
+//! - [`telemetry`]: the counter registry and its reports;
+//! - [`export`]: sinks, stdout, OTLP.
+pub mod agent;
+pub mod bpf;
+pub mod cli;
+pub mod conn;
+pub mod export;
+pub mod metadata;
+pub mod pipeline;
+pub mod propagation;
+pub mod protocols;
+pub mod spans;
+pub mod telemetry;
+pub mod trace;
+pub mod uprobes;

@@ -1,0 +1,146 @@
+//! The event pipeline, one stage after another on one task:
+//! ring record → [`decode`] → [`dispatch`] (filters) → connection session →
+//! protocol → trace ids → span → sinks. Nothing here blocks on the output
+//! (spans are offered to bounded sinks and counted when dropped), and
+//! nothing here touches the kernel directly: writes back go through
+//! [`filter::KernelControl`], so the whole pipeline runs in a unit test.
+pub mod decode;
+pub mod dispatch;
+pub mod filter;
+pub mod notices;
+pub mod replay;
+
+use std::sync::Arc;
+
+use self::{
+    filter::{Filters, KernelControl},
+    notices::{Notice, Notices},
+};
+use crate::{
+    conn::table::ConnTable,
+    export::sink::Sink,
+    metadata::{
+        process::{ProcessCache, ServiceNames},
+        HostView,
+    },
+    propagation::{header_names, Propagator},
+    protocols::Record,
+    spans::{clock::Clock, Span, SpanBuilder},
+    telemetry::{Counters, Gauges},
+    trace::TraceIds,
+};
+
+/// How a pipeline is set up.
+pub struct PipelineConfig {
+    pub max_conns: usize,
+    pub filters: Filters,
+    pub service_names: ServiceNames,
+    pub propagators: Vec<Propagator>,
+    /// Whether /proc and borrowed fds may be consulted.
+    pub host: HostView,
+}
+
+pub struct Pipeline {
+    conns: ConnTable,
+    trace: TraceIds,
+    notices: Notices,
+    procs: ProcessCache,
+    filters: Filters,
+    host: HostView,
+    kernel: Box<dyn KernelControl + Send>,
+    builder: SpanBuilder,
+    clock: Clock,
+    counters: Arc<Counters>,
+    gauges: Arc<Gauges>,
+    sinks: Vec<Sink>,
+    /// Spans built since the last flush, sent to the sinks as one batch.
+    batch: Vec<Span>,
+    /// Reused buffer of records completed by the current event.
+    done: Vec<Record>,
+    warned_decode: bool,
+    warned_queue: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        cfg: PipelineConfig,
+        kernel: Box<dyn KernelControl + Send>,
+        counters: Arc<Counters>,
+        gauges: Arc<Gauges>,
+        sinks: Vec<Sink>,
+    ) -> Self {
+        let trace_names: Arc<[String]> = Arc::from(header_names(&cfg.propagators));
+        Self {
+            conns: ConnTable::new(cfg.max_conns, trace_names),
+            trace: TraceIds::new(cfg.propagators, counters.clone()),
+            notices: Notices::default(),
+            procs: ProcessCache::new(cfg.service_names, cfg.host),
+            filters: cfg.filters,
+            host: cfg.host,
+            kernel,
+            builder: SpanBuilder,
+            clock: Clock::new(),
+            counters,
+            gauges,
+            sinks,
+            batch: Vec::new(),
+            done: Vec::new(),
+            warned_decode: false,
+            warned_queue: false,
+        }
+    }
+
+    /// Takes the queued process notices.
+    pub fn take_notices(&mut self, out: &mut Vec<Notice>) {
+        self.notices.take(out);
+    }
+
+    /// Turns the completed records into spans for the next batch.
+    fn emit_done(&mut self) {
+        if self.done.is_empty() {
+            return;
+        }
+        for r in std::mem::take(&mut self.done) {
+            self.trace.on_completed(r.conn.role, r.task, r.ids.span_id);
+            let process = self.procs.get_or_read(r.conn.tgid, "", &self.counters);
+            let n = self.batch.len();
+            if self.sinks.iter().all(|s| s.room() <= n) {
+                // Nobody could take it: don't even build it.
+                for sink in &self.sinks {
+                    sink.dropped.count(&self.counters, 1);
+                }
+                continue;
+            }
+            let span = self.builder.build(r, process, &self.clock, &self.counters);
+            self.batch.push(span);
+        }
+    }
+
+    /// Hands the spans built so far to every sink (one wakeup per batch).
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = Arc::new(std::mem::take(&mut self.batch));
+        for sink in &self.sinks {
+            if sink.offer(&batch, &self.counters) > 0 && !self.warned_queue {
+                self.warned_queue = true;
+                tracing::warn!("span queue full: dropping spans (counted)");
+            }
+        }
+    }
+
+    /// Periodic upkeep: clock drift, gauges.
+    pub fn tick(&mut self) {
+        self.clock.resync();
+        Gauges::set(&self.gauges.conns, self.conns.len() as u64);
+        Gauges::set(&self.gauges.processes, self.procs.len() as u64);
+    }
+
+    /// Agent shutdown: completes what can be completed.
+    pub fn drain(&mut self) {
+        self.conns.drain(&mut self.done, &self.counters);
+        self.emit_done();
+        self.flush();
+    }
+}

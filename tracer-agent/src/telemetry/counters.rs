@@ -1,0 +1,196 @@
+//! The agent's own counters and gauges. Each one is declared once here,
+//! with its name and help text (the doc comment), so the periodic log line,
+//! the exit summary and a metrics endpoint read the same numbers and none
+//! can be written without being reported.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether a value only grows (counter) or goes up and down (gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleKind {
+    Counter,
+    Gauge,
+}
+
+/// Who keeps a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The agent's pipeline and exporters.
+    Agent,
+    /// The kernel programs' per-CPU counters (`tracer_common::STAT_*`).
+    Kernel,
+}
+
+/// One reported value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub group: Group,
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: SampleKind,
+    pub value: u64,
+}
+
+macro_rules! registry {
+    (
+        $(#[$sdoc:meta])* $vis:vis struct $ty:ident : $kind:ident {
+            $($(#[doc = $doc:literal])* $name:ident),* $(,)?
+        }
+    ) => {
+        $(#[$sdoc])*
+        #[derive(Debug, Default)]
+        $vis struct $ty {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        impl $ty {
+            /// Every value, with its name and help text.
+            pub fn samples(&self, out: &mut Vec<Sample>) {
+                $(out.push(Sample {
+                    group: Group::Agent,
+                    name: stringify!($name),
+                    help: concat!($($doc),*).trim_ascii(),
+                    kind: SampleKind::$kind,
+                    value: self.$name.load(Ordering::Relaxed),
+                });)*
+            }
+        }
+    };
+}
+
+registry! {
+    /// Event counts of the agent's pipeline and exporters.
+    pub struct Counters: Counter {
+        /// Ring-buffer records read.
+        events,
+        /// Records that failed to decode.
+        decode_errors,
+        /// Connections opened in the agent's table.
+        conns_opened,
+        /// Connections dropped because the table was full.
+        conns_evicted,
+        /// Connections vetoed by a filter, because the fd was not a socket,
+        /// or because no parser handles their protocol.
+        conns_vetoed,
+        /// Data for a connection the agent does not track (open event lost).
+        data_without_conn,
+        /// Per-connection sequence gaps (kernel events lost).
+        seq_gaps,
+        /// Parser errors (malformed or untrackable messages).
+        parse_errors,
+        /// Partial headers discarded because all connections together held
+        /// more than the agent's buffer budget.
+        buffer_budget_drops,
+        /// Requests dropped because too many were pending on one connection.
+        pending_overflow,
+        /// Responses with no request to pair with (joined mid-connection).
+        orphan_responses,
+        /// Requests that never got a response before the connection closed.
+        unanswered_requests,
+        /// Spans whose end had to be estimated (response body not followed).
+        estimated_ends,
+        /// Connections that switched to a protocol the agent does not parse
+        /// (an HTTP/1 upgrade, CONNECT tunnel): followed no further.
+        protocol_switches,
+        /// Spans produced.
+        spans,
+        /// Spans dropped because the output queue was full.
+        spans_dropped,
+        /// Trace-context headers present but invalid (ignored).
+        invalid_trace_headers,
+        /// CLIENT spans linked to the SERVER span their task was serving.
+        links_in_process,
+        /// CLIENT spans left as roots because their task was serving several
+        /// requests at once (event loop, pool): the cause is unknowable.
+        links_ambiguous,
+        /// CLIENT spans whose linked SERVER parent was never exported.
+        orphan_spans,
+        /// Times the active-server table hit its bound and was reset.
+        link_table_resets,
+        /// Kernel-chosen contexts (server or injected) that matched no request
+        /// (their data event was lost, or the parser was out of step).
+        kernel_ctx_unmatched,
+        /// Kernel contexts dropped because too many waited for their request.
+        kernel_ctx_overflow,
+        /// SERVER spans whose incoming context came from a header the kernel
+        /// does not read (B3, Jaeger, custom, or a traceparent ranked below
+        /// them): requests they cause carry a different trace downstream.
+        inject_context_mismatch,
+        /// CLIENT requests injected by the kernel that also carried an
+        /// application header only the agent reads (a --trace-header name).
+        inject_conflicts,
+        /// Process notices (exec, dlopen, exit) dropped because too many
+        /// arrived between two drains.
+        notices_dropped,
+        /// Times the process cache hit its bound and was cleared.
+        process_cache_resets,
+        /// Re-scans of a process's libraries dropped because too many were
+        /// pending.
+        tls_rescans_dropped,
+        /// Ring-buffer records not written to the --record file (it reached
+        /// its size cap or a write failed).
+        record_dropped,
+        /// Spans accepted by the OTLP endpoint.
+        otlp_exported,
+        /// Spans whose export failed (after retries).
+        otlp_failed,
+        /// Spans dropped because the OTLP queue was full.
+        otlp_dropped,
+    }
+}
+
+registry! {
+    /// Current sizes, set by their owners.
+    pub struct Gauges: Gauge {
+        /// Connections in the agent's table.
+        conns,
+        /// Processes in the agent's process cache.
+        processes,
+        /// Spans waiting in the OTLP export queue.
+        otlp_queue,
+        /// Files (libraries, executables) carrying TLS uprobes.
+        tls_files_probed,
+        /// Kernel programs attached (tracepoints, uprobes, cgroup programs).
+        bpf_programs_attached,
+    }
+}
+
+impl Counters {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Gauges {
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_has_a_name_and_help() {
+        let c = Counters::default();
+        Counters::add(&c.spans, 3);
+        let mut out = Vec::new();
+        c.samples(&mut out);
+        Gauges::default().samples(&mut out);
+        assert!(out.len() > 30);
+        for s in &out {
+            assert!(!s.help.is_empty(), "{} has no help", s.name);
+            assert!(!s.help.starts_with(' '), "{}", s.name);
+        }
+        let spans = out.iter().find(|s| s.name == "spans").expect("spans");
+        assert_eq!((spans.value, spans.kind), (3, SampleKind::Counter));
+        assert!(spans.help.starts_with("Spans produced"));
+        let names: std::collections::HashSet<_> = out.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), out.len(), "duplicate names");
+    }
+}
