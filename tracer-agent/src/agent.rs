@@ -291,7 +291,11 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
                     &gauges.otlp_queue,
                     otlp::exporter::queue_depth(&otlp_queued) as u64,
                 );
-                Gauges::set(&gauges.bpf_programs_attached, attached_programs as u64);
+                let uprobes = tls.as_ref().map_or(0, TlsProbes::links);
+                Gauges::set(
+                    &gauges.bpf_programs_attached,
+                    (attached_programs + uprobes) as u64,
+                );
                 tracing::debug!("{}", report::line(&registry.snapshot(), true));
                 // Lost data is worth a warning (once per interval at most).
                 if let Some(n) = drops.new_drops(registry.kernel_value(STAT_RINGBUF_DROPS)) {

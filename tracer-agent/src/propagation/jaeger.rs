@@ -25,13 +25,7 @@ pub fn parse_jaeger(v: &str) -> Result<RemoteContext, ContextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const T32: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const S16: &str = "00f067aa0ba902b7";
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
+    use crate::propagation::test_ids::{hex, S16, T32};
 
     #[test]
     fn jaeger() {

@@ -176,24 +176,28 @@ pub fn header_names(order: &[Propagator]) -> Vec<String> {
     names
 }
 
+/// Ids the parsers' tests share.
+#[cfg(test)]
+pub(crate) mod test_ids {
+    pub const T32: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    pub const S16: &str = "00f067aa0ba902b7";
+
+    pub fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
-    use super::*;
+    use super::{test_ids::*, *};
 
     struct H(HashMap<&'static str, &'static str>);
     impl HeaderLookup for H {
         fn get(&self, n: &str) -> Option<&str> {
             self.0.get(n).copied()
         }
-    }
-
-    const T32: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const S16: &str = "00f067aa0ba902b7";
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]

@@ -150,7 +150,8 @@ registry! {
         otlp_queue,
         /// Files (libraries, executables) carrying TLS uprobes.
         tls_files_probed,
-        /// Kernel programs attached (tracepoints, uprobes, cgroup programs).
+        /// Kernel program attachments: tracepoints, uprobe links (one per
+        /// probed function and file), cgroup and sk_msg programs.
         bpf_programs_attached,
     }
 }

@@ -57,9 +57,7 @@ impl KernelContexts {
     }
 
     fn overflow(stats: &Counters, n: usize) {
-        stats
-            .kernel_ctx_overflow
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Counters::add(&stats.kernel_ctx_overflow, n as u64);
     }
 
     /// The contexts of the requests in this data event, in order. `ports`
@@ -108,9 +106,7 @@ impl KernelContexts {
     pub fn forget_process(&mut self, tgid: u32, stats: &Counters) {
         self.injected.retain(|(t, _), q| {
             if *t == tgid {
-                stats
-                    .kernel_ctx_unmatched
-                    .fetch_add(q.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Counters::add(&stats.kernel_ctx_unmatched, q.len() as u64);
                 false
             } else {
                 true

@@ -327,6 +327,11 @@ impl TlsProbes {
         }
     }
 
+    /// Uprobe links attached now.
+    pub fn links(&self) -> usize {
+        self.files.links()
+    }
+
     /// Detaches every probe.
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
         self.files.detach_all(ebpf);

@@ -109,6 +109,11 @@ impl Registry {
         self.attached.is_empty()
     }
 
+    /// Uprobe links attached over all files.
+    pub fn links(&self) -> usize {
+        self.attached.values().map(|a| a.links.len()).sum()
+    }
+
     pub fn is_attached(&self, key: &FileKey) -> bool {
         self.attached.contains_key(key)
     }

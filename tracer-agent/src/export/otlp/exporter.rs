@@ -227,7 +227,7 @@ pub struct Exporter {
     exporter: opentelemetry_otlp::SpanExporter,
     cfg: OtlpConfig,
     queued: Arc<AtomicUsize>,
-    stats: Arc<Counters>,
+    counters: Arc<Counters>,
     host: String,
     scope: InstrumentationScope,
     resources: HashMap<u32, Resource>,
@@ -238,13 +238,13 @@ impl Exporter {
     pub fn new(
         cfg: OtlpConfig,
         queued: Arc<AtomicUsize>,
-        stats: Arc<Counters>,
+        counters: Arc<Counters>,
     ) -> Result<Self, ExportSetupError> {
         Ok(Self {
             exporter: build_exporter(&cfg)?,
             cfg,
             queued,
-            stats,
+            counters,
             host: host_name(),
             scope: InstrumentationScope::builder("tracer")
                 .with_version(env!("CARGO_PKG_VERSION"))
@@ -274,10 +274,10 @@ impl Exporter {
             let data: Vec<SpanData> = group.iter().map(|s| to_span_data(s, &self.scope)).collect();
             match self.exporter.export(data).await {
                 Ok(()) => {
-                    self.stats.otlp_exported.fetch_add(count, Ordering::Relaxed);
+                    Counters::add(&self.counters.otlp_exported, count);
                 }
                 Err(e) => {
-                    self.stats.otlp_failed.fetch_add(count, Ordering::Relaxed);
+                    Counters::add(&self.counters.otlp_failed, count);
                     self.errors.report(e.to_string());
                 }
             }
