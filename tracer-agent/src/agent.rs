@@ -78,6 +78,24 @@ fn kernel_log_level(level: tracing::Level) -> u8 {
     }
 }
 
+/// An error and its causes, one line each (a verifier log is cut to its
+/// first line; the whole of it is logged at debug level).
+fn short_reason(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        parts.push(
+            err.to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 /// Takes map `name` out of the object.
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, AgentError> {
     ebpf.take_map(name)
@@ -146,14 +164,31 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     tracing::debug!("attached: {}", report.attached.join(", "));
     let mut attached_programs = report.attached.len();
     if args.inject_context == Switch::On {
+        // Where is configuration (an error); whether this kernel can run
+        // it is not: without it the agent still traces, and says why.
         let dir =
             injection::cgroup_dir(args.cgroup_path.as_deref()).map_err(AgentError::Injection)?;
-        injection::attach(&mut ebpf, &dir).map_err(AgentError::Injection)?;
-        attached_programs += 2;
-        tracing::info!(
-            cgroup = %dir.display(),
-            "context injection on: outgoing HTTP/1 requests get a traceparent"
-        );
+        match injection::attach(&mut ebpf, &dir) {
+            Ok(()) => {
+                attached_programs += 2;
+                tracing::info!(
+                    cgroup = %dir.display(),
+                    "context injection on: outgoing HTTP/1 requests get a traceparent"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "context injection unavailable on this kernel, tracing continues without it: {}",
+                    short_reason(&e)
+                );
+                tracing::debug!("context injection: {e:?}");
+                let cfg = Config {
+                    inject_context: 0,
+                    ..opts.config
+                };
+                loader::write_config(&mut ebpf, cfg).map_err(AgentError::Kernel)?;
+            }
+        }
     }
     forward_kernel_logs(&mut ebpf)?;
 

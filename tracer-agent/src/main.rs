@@ -12,8 +12,11 @@ fn init_logging(level: tracing::Level) -> anyhow::Result<()> {
         .from_env_lossy()
         .add_directive("aya=info".parse().context("log directive")?)
         .add_directive("aya_obj=info".parse().context("log directive")?);
+    // Colours only on a terminal: logs that go to a file or journald must
+    // not carry escape codes.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     Ok(())

@@ -11,6 +11,7 @@ use std::{
 use aya::{
     maps::{ProgramArray, SockHash},
     programs::{CgroupAttachMode, Program, SkMsg, SockOps},
+    util::KernelVersion,
     Ebpf,
 };
 use tracer_common::{
@@ -77,13 +78,67 @@ pub fn cgroup_dir(given: Option<&Path>) -> Result<PathBuf, BpfError> {
     cgroup2_mount(&info).ok_or(BpfError::NoCgroup2)
 }
 
-/// Loads and attaches the injection programs. Their links live as long as
-/// `ebpf`.
+/// `bpf_loop`, which the SERVER-context reader and the injector's head
+/// scan are built on, came in Linux 5.17.
+const BPF_LOOP_SINCE: (u8, u8) = (5, 17);
+
+/// Whether this kernel can run the injection programs at all, and if not,
+/// why. (Distribution kernels may backport `bpf_loop`; a load that fails
+/// anyway is reported with the verifier's reason.)
+pub fn supported() -> Result<(), BpfError> {
+    let Ok(v) = KernelVersion::current() else {
+        return Ok(());
+    };
+    if v < KernelVersion::new(BPF_LOOP_SINCE.0, BPF_LOOP_SINCE.1, 0) {
+        return Err(BpfError::Unsupported(format!(
+            "needs bpf_loop (Linux >= {}.{}); this kernel is {v}",
+            BPF_LOOP_SINCE.0, BPF_LOOP_SINCE.1
+        )));
+    }
+    Ok(())
+}
+
+/// Loads and attaches the injection programs; their links live as long as
+/// `ebpf`. Every program is loaded (verified) before anything is
+/// attached, and a failure part-way detaches what was attached, so the
+/// kernel is left as it was.
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
+    supported()?;
+    for name in [PROG_SERVER_CTX, PROG_TLS_SERVER_CTX] {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram(name))?;
+        match prog {
+            Program::TracePoint(p) => p.load(),
+            Program::UProbe(p) => p.load(),
+            _ => return Err(BpfError::MissingProgram(name)),
+        }
+        .map_err(BpfError::program(name))?;
+    }
+    let inject: &mut SkMsg = program(ebpf, PROG_INJECT)?;
+    inject.load().map_err(BpfError::program(PROG_INJECT))?;
+    let ops: &mut SockOps = program(ebpf, PROG_SOCK_OPS)?;
+    ops.load().map_err(BpfError::program(PROG_SOCK_OPS))?;
+    let dir = File::open(cgroup).map_err(|e| BpfError::Cgroup(cgroup.to_path_buf(), e))?;
+
+    let res = attach_loaded(ebpf, dir);
+    if res.is_err() {
+        // Nothing may stay half-attached: the tail calls would produce
+        // SERVER contexts for an injector that is not there.
+        for map in [MAP_TAIL_PROGS, MAP_TLS_TAIL_PROGS] {
+            if let Some(Ok(mut tails)) = ebpf.map_mut(map).map(ProgramArray::try_from) {
+                let _ = tails.clear_index(&TAIL_SERVER_CTX);
+            }
+        }
+    }
+    res
+}
+
+fn attach_loaded(ebpf: &mut Ebpf, cgroup: File) -> Result<(), BpfError> {
     // 1. The SERVER-context reader, tail-called by the capture hook, and
     // its kprobe-type twin for the TLS return probe.
-    load_into_tail_map(ebpf, PROG_SERVER_CTX, MAP_TAIL_PROGS)?;
-    load_into_tail_map(ebpf, PROG_TLS_SERVER_CTX, MAP_TLS_TAIL_PROGS)?;
+    set_tail(ebpf, PROG_SERVER_CTX, MAP_TAIL_PROGS)?;
+    set_tail(ebpf, PROG_TLS_SERVER_CTX, MAP_TLS_TAIL_PROGS)?;
 
     // 2. The injector on the sockhash (before sockets can enter it).
     let socks: SockHash<_, SockKey> =
@@ -91,41 +146,27 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
             .map_err(BpfError::map(MAP_SOCKS))?;
     let socks_fd = socks.fd().try_clone().map_err(BpfError::Fd)?;
     let inject: &mut SkMsg = program(ebpf, PROG_INJECT)?;
-    inject.load().map_err(BpfError::program(PROG_INJECT))?;
     inject
         .attach(&socks_fd)
         .map_err(BpfError::program(PROG_INJECT))?;
 
     // 3. sock_ops on the cgroup: client sockets enter the sockhash. A BPF
     // link (kernel >= 5.7) coexists with other programs on the cgroup.
-    let dir = File::open(cgroup).map_err(|e| BpfError::Cgroup(cgroup.to_path_buf(), e))?;
     let ops: &mut SockOps = program(ebpf, PROG_SOCK_OPS)?;
-    ops.load().map_err(BpfError::program(PROG_SOCK_OPS))?;
-    ops.attach(dir, CgroupAttachMode::Single)
+    ops.attach(cgroup, CgroupAttachMode::Single)
         .map_err(BpfError::program(PROG_SOCK_OPS))?;
     Ok(())
 }
 
-/// Loads program `name` (tracepoint or kprobe type) and puts it at
-/// [`TAIL_SERVER_CTX`] in the tail-call map `map`.
-fn load_into_tail_map(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    map: &'static str,
-) -> Result<(), BpfError> {
-    let prog_err = BpfError::program(name);
+/// Puts loaded program `name` at [`TAIL_SERVER_CTX`] in the tail-call map
+/// `map`.
+fn set_tail(ebpf: &mut Ebpf, name: &'static str, map: &'static str) -> Result<(), BpfError> {
     let prog = ebpf
         .program_mut(name)
         .ok_or(BpfError::MissingProgram(name))?;
-    match prog {
-        Program::TracePoint(p) => p.load(),
-        Program::UProbe(p) => p.load(),
-        _ => return Err(BpfError::MissingProgram(name)),
-    }
-    .map_err(prog_err)?;
     let fd = prog
         .fd()
-        .map_err(prog_err)?
+        .map_err(BpfError::program(name))?
         .try_clone()
         .map_err(BpfError::Fd)?;
     let map_err = BpfError::map(map);

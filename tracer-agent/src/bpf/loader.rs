@@ -165,6 +165,15 @@ pub fn ensure_tracefs() {
     }
 }
 
+/// Writes the configuration the kernel programs read on every event.
+pub fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), BpfError> {
+    let map = ebpf
+        .map_mut(MAP_CONFIG)
+        .ok_or(BpfError::MissingMap(MAP_CONFIG))?;
+    let mut cfg: Array<_, Config> = Array::try_from(map).map_err(BpfError::map(MAP_CONFIG))?;
+    cfg.set(0, config, 0).map_err(BpfError::map(MAP_CONFIG))
+}
+
 /// Loads the object, writes the configuration, and attaches every probe.
 pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
     if BPF_OBJECT.is_empty() {
@@ -185,14 +194,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
         .load(BPF_OBJECT)
         .map_err(BpfError::Load)?;
 
-    {
-        let map = ebpf
-            .map_mut(MAP_CONFIG)
-            .ok_or(BpfError::MissingMap(MAP_CONFIG))?;
-        let mut cfg: Array<_, Config> = Array::try_from(map).map_err(BpfError::map(MAP_CONFIG))?;
-        cfg.set(0, opts.config, 0)
-            .map_err(BpfError::map(MAP_CONFIG))?;
-    }
+    write_config(&mut ebpf, opts.config)?;
     if !opts.pids.is_empty() {
         let map = ebpf
             .map_mut(MAP_PID_FILTER)

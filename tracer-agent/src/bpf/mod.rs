@@ -52,6 +52,8 @@ pub enum BpfError {
     NoCgroup2,
     #[error("cannot open cgroup directory {0}")]
     Cgroup(PathBuf, #[source] std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("duplicating a file descriptor")]
     Fd(#[source] std::io::Error),
 }

@@ -7,7 +7,7 @@
 //! the payload is already in this CPU's `SCRATCH` slot (see `data.rs`).
 //! `tracer_tls_server_ctx` is its twin for the TLS return probe.
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
+    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, generated::bpf_loop},
     macros::{tracepoint, uretprobe},
     maps::ProgramArray,
     programs::{RetProbeContext, TracePointContext},
@@ -23,9 +23,9 @@ use tracer_common::{
 use super::data::{starts_request, DataTarget};
 use crate::{
     emit::{output_ctx, output_scratch},
-    maps::{bump, config, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
+    maps::{bump, config, ThreadCtx, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
     scan::{
-        head::{get32, parse_traceparent, scan, set32, skip_ows},
+        head::{get32, parse_traceparent, scan, set32, skip_ows, HeadScan},
         propagation::{parse_b3_multi, parse_b3_single, parse_jaeger, Ids},
     },
 };
@@ -98,49 +98,35 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
     let tp_at = get32(&s.traceparent) as usize;
     let ts_at = get32(&s.tracestate) as usize;
     // The ids are decoded straight into the map value (see `decode_hex`),
-    // from the first valid header in the agent's propagator order.
-    let mut flags = [1u8];
-    let order = config().propagators;
-    let mut from_header = false;
-    let mut from_w3c = false;
-    for i in 0..MAX_KERNEL_PROPAGATORS {
-        let code = (order >> (4 * i)) & 0xf;
-        if code == PROPAGATOR_END || from_header {
-            break;
-        }
-        let mut ids = Ids {
-            trace_id: &mut build.trace_id,
-            span_id: &mut build.parent_id,
-            flags: &mut flags,
-        };
-        from_header = match code {
-            PROPAGATOR_TRACECONTEXT => {
-                from_w3c = tp_at != 0
-                    && parse_traceparent(
-                        &scratch.data,
-                        tp_at,
-                        n,
-                        ids.trace_id,
-                        ids.span_id,
-                        ids.flags,
-                    );
-                from_w3c
-            }
-            PROPAGATOR_B3 => {
-                let single = get32(&s.b3) as usize;
-                if single != 0 {
-                    parse_b3_single(&scratch.data, single, n, s, &mut ids)
-                } else {
-                    parse_b3_multi(&scratch.data, n, s, &mut ids)
-                }
-            }
-            PROPAGATOR_JAEGER => {
-                let uber = get32(&s.uber) as usize;
-                uber != 0 && parse_jaeger(&scratch.data, uber, n, s, &mut ids)
-            }
-            _ => false,
-        };
-    }
+    // from the first valid header in the agent's propagator order. One
+    // `bpf_loop` run per propagator: inline, every parser was verified
+    // once per position in the order, and 6.12's verifier ran out of its
+    // 1M-instruction budget on the copies.
+    set32(&mut s.found, FOUND_NONE);
+    build.flags = 1;
+    let mut pctx = PropagatorCtx {
+        data: &scratch.data,
+        s: s as *mut HeadScan,
+        build: build as *mut ThreadCtx,
+        n: n as u32,
+        order: config().propagators,
+        traceparent: tp_at as u32,
+    };
+    // SAFETY: the callback only touches what `pctx` points to, all of it
+    // ours for this run (per-CPU values).
+    unsafe {
+        bpf_loop(
+            MAX_KERNEL_PROPAGATORS as u32,
+            try_propagator as *mut core::ffi::c_void,
+            (&mut pctx as *mut PropagatorCtx).cast(),
+            0,
+        )
+    };
+    // SAFETY: as above; the callback is done with them.
+    let (s, build) = unsafe { (&mut *pctx.s, &mut *pctx.build) };
+    let found = get32(&s.found);
+    let from_header = found != FOUND_NONE;
+    let from_w3c = found == FOUND_W3C;
     let mut ev = TraceCtxEvent {
         kind: EVENT_SERVER_CTX,
         flags: 1,
@@ -158,7 +144,7 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
         ev.origin = CTX_FROM_TRACEPARENT;
         ev.trace_id = build.trace_id;
         ev.parent_id = build.parent_id;
-        ev.flags = flags[0];
+        ev.flags = build.flags;
     } else {
         ev.trace_id = random_trace_id();
     }
@@ -192,6 +178,88 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
     output_ctx(&ev);
 }
 
+/// `HeadScan::found`: which propagator gave the SERVER context.
+const FOUND_NONE: u32 = 0;
+const FOUND_OTHER: u32 = 1;
+/// A W3C `traceparent` (its `tracestate` goes along).
+const FOUND_W3C: u32 = 2;
+
+/// What `try_propagator` works on.
+#[repr(C)]
+struct PropagatorCtx {
+    data: *const [u8; 2 * tracer_common::MAX_CAPTURE],
+    s: *mut HeadScan,
+    build: *mut ThreadCtx,
+    /// Bytes scanned.
+    n: u32,
+    /// `Config::propagators`.
+    order: u32,
+    /// Value offset of `traceparent` (0: none).
+    traceparent: u32,
+}
+
+/// `bpf_loop` callback: tries the `i`-th propagator of the order; on a
+/// valid header its ids are in `build` and `HeadScan::found` says which,
+/// and the loop stops.
+#[inline(never)]
+extern "C" fn try_propagator(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `PropagatorCtx` `choose_server_ctx` passed.
+    let (c, d, s, build) = unsafe {
+        let c = &*(ctx as *const PropagatorCtx);
+        (c, &*c.data, &mut *c.s, &mut *c.build)
+    };
+    let i = (i as u32) & (MAX_KERNEL_PROPAGATORS as u32 - 1);
+    let code = (c.order >> (4 * i)) & 0xf;
+    if code == PROPAGATOR_END {
+        return 1;
+    }
+    let n = c.n as usize;
+    let mut ids = Ids {
+        trace_id: &mut build.trace_id,
+        span_id: &mut build.parent_id,
+        flags: core::array::from_mut(&mut build.flags),
+    };
+    let found = match code {
+        PROPAGATOR_TRACECONTEXT => {
+            let at = c.traceparent as usize;
+            let ok = at != 0
+                && parse_traceparent(d, at, n, ids.trace_id, ids.span_id, ids.flags);
+            if ok {
+                FOUND_W3C
+            } else {
+                FOUND_NONE
+            }
+        }
+        PROPAGATOR_B3 => {
+            let single = get32(&s.b3) as usize;
+            let ok = if single != 0 {
+                parse_b3_single(d, single, n, s, &mut ids)
+            } else {
+                parse_b3_multi(d, n, s, &mut ids)
+            };
+            if ok {
+                FOUND_OTHER
+            } else {
+                FOUND_NONE
+            }
+        }
+        PROPAGATOR_JAEGER => {
+            let uber = get32(&s.uber) as usize;
+            if uber != 0 && parse_jaeger(d, uber, n, s, &mut ids) {
+                FOUND_OTHER
+            } else {
+                FOUND_NONE
+            }
+        }
+        _ => FOUND_NONE,
+    };
+    if found == FOUND_NONE {
+        return 0;
+    }
+    set32(&mut s.found, found);
+    1
+}
+
 /// Copies a `tracestate` value (up to its `\r`) into the thread context;
 /// one longer than [`TRACESTATE_MAX`] is not carried at all (a cut list
 /// could change its meaning).
@@ -199,8 +267,8 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
 fn copy_tracestate(
     d: &[u8; 2 * tracer_common::MAX_CAPTURE],
     at: usize,
-    s: &crate::scan::head::HeadScan,
-    out: &mut crate::maps::ThreadCtx,
+    s: &HeadScan,
+    out: &mut ThreadCtx,
 ) {
     let v = skip_ows(d, at) & (2 * tracer_common::SCAN_MAX - 1);
     // The length goes through memory, marked with a high bit when the end

@@ -54,6 +54,8 @@ pub struct HeadScan {
     pub framing: u32,
     /// An `Upgrade` header: what follows the response may not be HTTP.
     pub upgrade: u32,
+    /// Which propagator gave the SERVER context (set by its reader).
+    pub found: u32,
     pub content_length: u64,
 }
 
@@ -205,7 +207,7 @@ pub fn scan<const N: usize>(d: &[u8; N], n: usize, s: &mut HeadScan) {
     }
     let first = get32(&s.nl[0]) as usize & MASK;
     // A request line ends with CRLF.
-    if first == 0 || d[first - 1] != b'\r' {
+    if first == 0 || d[opaque(first - 1) & MASK] != b'\r' {
         return;
     }
     set32(&mut s.line_end, first as u32 + 1);
@@ -244,7 +246,7 @@ extern "C" fn check_line<const N: usize>(k: u64, ctx: *mut core::ffi::c_void) ->
     if k >= get32(&s.nl_count) as usize {
         return 1;
     }
-    let start = (get32(&s.nl[(k - 1) & (MAX_LINES - 1)]) as usize + 1) & MASK;
+    let start = (get32(&s.nl[opaque(k - 1) & (MAX_LINES - 1)]) as usize + 1) & MASK;
     let end = get32(&s.nl[k]) as usize & MASK;
     if end == start + 1 && d[start] == b'\r' {
         set32(&mut s.head_end, end as u32 + 1);
@@ -252,6 +254,17 @@ extern "C" fn check_line<const N: usize>(k: u64, ctx: *mut core::ffi::c_void) ->
     }
     check_header(d, start, s);
     0
+}
+
+/// `v` as a value LLVM knows nothing about, so a mask applied to it stays
+/// in the program. Without it, LLVM folds `nl[(k - 1) & 63]` (knowing
+/// `k != 0`) into a load at offset -4 from `nl[k]`, which only verifiers
+/// that narrow a range from `k != 0` accept (6.1's rejects it: "R4 min
+/// value is outside of the allowed memory range").
+#[inline(always)]
+fn opaque(v: usize) -> usize {
+    // SAFETY: reads a local.
+    unsafe { core::ptr::read_volatile(&v) }
 }
 
 /// What `find_newline` works on.

@@ -78,25 +78,29 @@ pub fn decode_var_hex<const B: usize>(
     // The padding goes through memory too: comparing it with the loop
     // counter in a register would narrow it differently on every path.
     set32(&mut s.digits, (max - n) as u32);
-    for j in 0..32 {
-        if j >= max {
-            break;
-        }
-        let pad = get32(&s.digits) as usize & 31;
-        let nibble = if j < pad {
-            0
-        } else {
-            // black_box: LLVM would fold `at - pad` into the base pointer,
-            // which the verifier sees as possibly below the buffer.
-            let idx = core::hint::black_box(j.wrapping_sub(pad)) & 31;
-            hex_any(d[at + idx]).unwrap_or(0)
-        };
-        if j % 2 == 0 {
-            write(out, j / 2, nibble << 4);
-        } else {
-            write(out, j / 2, read(out, j / 2) | nibble);
-        }
-    }
+    // One callback run per output digit. As an inline loop, the verifier
+    // walked all 32 iterations with both sides of every branch, at each of
+    // the places this is inlined into: 6.12's verifier gave up at its
+    // 1M-instruction limit. A callback is checked on its own, for any
+    // index.
+    let mut ctx = NibbleCtx {
+        d: d.as_ptr(),
+        at: at as u32,
+        max: max as u32,
+        out: out.as_mut_ptr(),
+        out_len: out.len() as u32,
+        s: s as *mut HeadScan,
+    };
+    // SAFETY: the callback reads `d` below `at + 32` (within `SCAN_BUF`),
+    // writes `out` within `out_len` and reads `s.digits`.
+    unsafe {
+        bpf_loop(
+            32,
+            place_nibble as *mut core::ffi::c_void,
+            (&mut ctx as *mut NibbleCtx).cast(),
+            0,
+        )
+    };
     let mut any = 0u8;
     for k in 0..16 {
         any |= read(out, k);
@@ -133,6 +137,55 @@ extern "C" fn count_digit(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     if i >= max {
         set32(&mut s.digits, TOO_MANY);
         return 1;
+    }
+    0
+}
+
+/// What `place_nibble` works on.
+#[repr(C)]
+struct NibbleCtx {
+    d: *const u8,
+    at: u32,
+    max: u32,
+    out: *mut u8,
+    out_len: u32,
+    s: *mut HeadScan,
+}
+
+/// `bpf_loop` callback: output digit `j` of `max` (right-aligned: the
+/// first `HeadScan::digits` of them are zero padding) goes into its
+/// nibble of `out`. Returns 1 past the last digit.
+#[inline(never)]
+extern "C" fn place_nibble(j: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `NibbleCtx` `decode_var_hex` passed; see there.
+    let (d, at, max, s) = unsafe {
+        let c = &*(ctx as *const NibbleCtx);
+        (c.d, c.at as usize & OFFSET_MASK, c.max as usize, &*c.s)
+    };
+    // SAFETY: as above; `out` is `out_len` bytes long.
+    let out = unsafe {
+        let c = &*(ctx as *const NibbleCtx);
+        core::slice::from_raw_parts_mut(c.out, (c.out_len as usize) & 31)
+    };
+    let j = (j as usize) & 31;
+    if j >= max {
+        return 1;
+    }
+    let pad = get32(&s.digits) as usize & 31;
+    let nibble = if j < pad {
+        0
+    } else {
+        // black_box: LLVM would fold `at - pad` into the base pointer,
+        // which the verifier sees as possibly below the buffer.
+        let idx = core::hint::black_box(j.wrapping_sub(pad)) & 31;
+        // SAFETY: `at + idx` is below `OFFSET_MASK + 32`, within the
+        // buffer (see `DigitCtx`).
+        hex_any(unsafe { *d.add(at + idx) }).unwrap_or(0)
+    };
+    if j.is_multiple_of(2) {
+        write(out, j / 2, nibble << 4);
+    } else {
+        write(out, j / 2, read(out, j / 2) | nibble);
     }
     0
 }
