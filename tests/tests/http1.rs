@@ -375,3 +375,49 @@ fn sigterm_detaches_every_program() {
         "programs still loaded after exit: {left:?}"
     );
 }
+
+#[test]
+fn inetd_style_server_is_one_connection_across_fds() {
+    if !require_root("inetd_style_server_is_one_connection_across_fds") {
+        return;
+    }
+    // busybox httpd accepts in the parent, forks, and the child reads the
+    // request on fd 0 and writes the response on fd 1 (dup2): to the
+    // kernel, three fds in two processes; to the tracer, one connection.
+    let mut agent = Agent::start(&[]);
+    let port = free_port();
+    let dir = TempDir::new("busybox-httpd");
+    std::fs::write(dir.0.join("index.html"), "hello\n").expect("page");
+    let httpd = Proc::spawn(
+        "busybox httpd",
+        Command::new("busybox")
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    let base = format!("http://127.0.0.1:{port}");
+    curl(&["-o", "/dev/null", &format!("{base}/index.html")]);
+    curl(&["-o", "/dev/null", &format!("{base}/missing/7")]);
+    let servers = agent.wait_for(2, |sp| is_span(sp, "SERVER", "busybox", port));
+    assert_eq!(servers.len(), 2, "{servers:#?}");
+    assert_eq!(s(&servers[0], "name"), "GET /index.html");
+    assert_eq!(attr_i(&servers[0], "http.response.status_code"), 200);
+    assert_eq!(s(&servers[1], "name"), "GET /missing/{id}");
+    assert_eq!(attr_i(&servers[1], "http.response.status_code"), 404);
+    for sv in &servers {
+        // Served by a child, whose socket came from the parent's accept.
+        assert_ne!(pid(sv), u64::from(httpd.pid()), "{sv:#}");
+        assert!(attr_i(sv, "client.port") > 0, "{sv:#}");
+    }
+    // Each request seen from both ends, nothing left unpaired.
+    let clients = agent.wait_for(2, |sp| is_span(sp, "CLIENT", "curl", port));
+    assert_eq!(clients.len(), 2);
+    agent.stop();
+    let log = agent.log();
+    let summary = log.lines().find(|l| l.contains("summary:")).unwrap_or("");
+    assert!(summary.contains("conns_joined=2"), "{summary}");
+    assert!(!summary.contains("orphan_responses"), "{summary}");
+    assert!(!summary.contains("unanswered_requests"), "{summary}");
+}

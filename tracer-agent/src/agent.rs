@@ -147,7 +147,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             inject_context: u32::from(args.inject_context == Switch::On),
             propagators: kernel_order(&propagators),
             tls: u32::from(args.tls == Switch::On),
-            _pad: 0,
+            fork_child_pid_offset: loader::fork_child_pid_offset(),
         },
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),

@@ -47,7 +47,10 @@ pub struct Config {
     /// Non-zero when the TLS probes are loaded (`--tls on`): only then
     /// does the syscall exit hook look for TLS calls in progress.
     pub tls: u32,
-    pub _pad: u32,
+    /// Offset of `child_pid` in the `sched:sched_process_fork` record, as
+    /// its tracefs `format` gives it (it moved between kernel versions);
+    /// 0: unknown, forks are not followed.
+    pub fork_child_pid_offset: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 32);

@@ -76,3 +76,13 @@ pub const PROG_SOCK_OPS: &str = "tracer_sock_ops";
 pub const MAX_THREAD_CTX: u32 = 16_384;
 /// Size of [`MAP_SOCK_STATE`] (and of [`MAP_SOCKS`]).
 pub const MAX_SOCK_STATE: u32 = 65_536;
+/// Parent of each process forked by a traced one (child tgid -> parent
+/// tgid), so a child's `dup2` of an inherited socket finds its connection.
+pub const MAP_PARENTS: &str = "PARENTS";
+/// Size of [`MAP_PARENTS`] (LRU).
+pub const MAX_PARENTS: u32 = 16_384;
+/// Accepted sockets a process closed before reading them (handed to a
+/// child), keyed like [`MAP_CONNS`], with when they were closed.
+pub const MAP_CLOSED: &str = "CLOSED";
+/// Size of [`MAP_CLOSED`] (LRU).
+pub const MAX_CLOSED: u32 = 4096;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
-    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS,
-    MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
+    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_PARENTS, MAX_PID_FILTER,
+    MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
 };
 
 use crate::scan::head::{HeadScan, SCAN_BUF};
@@ -242,3 +242,32 @@ pub struct LastRead {
 /// read just before `SSL_read` came from the socket behind that `SSL*`.
 #[map]
 pub static LAST_READ: Array<LastRead> = Array::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
+
+/// Where and when a process was forked.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ForkedFrom {
+    pub parent: u32,
+    pub _pad: u32,
+    /// Kernel monotonic ns of the fork.
+    pub ts: u64,
+}
+
+/// Child tgid -> its fork, from `sched_process_fork` (see
+/// `probes/fds.rs`). LRU: exited children age out.
+#[map]
+pub static PARENTS: LruHashMap<u32, ForkedFrom> = LruHashMap::with_max_entries(MAX_PARENTS, 0);
+
+/// A connection entry removed by `close`, and when.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ClosedConn {
+    pub st: ConnState,
+    pub ts: u64,
+}
+
+/// Accepted sockets closed before their process read them: a parent that
+/// hands the socket to a child closes its own fd, often before the child
+/// runs (see `probes/fds.rs`).
+#[map]
+pub static CLOSED: LruHashMap<u64, ClosedConn> = LruHashMap::with_max_entries(MAX_CLOSED, 0);

@@ -53,6 +53,9 @@ pub const PROBES: &[ProbeSpec] = &[
     tp("tracer_enter_sendmsg", "sys_enter_sendmsg", false),
     tp("tracer_enter_sendfile", "sys_enter_sendfile64", false),
     tp("tracer_enter_close", "sys_enter_close", true),
+    // Sockets moved to other fds (inetd-style children): see probes/fds.rs.
+    tp("tracer_enter_dup2", "sys_enter_dup2", false),
+    tp("tracer_enter_dup2", "sys_enter_dup3", false),
     tp("tracer_sys_exit", "sys_exit_accept", false),
     tp("tracer_sys_exit", "sys_exit_accept4", true),
     tp("tracer_sys_exit", "sys_exit_connect", true),
@@ -70,6 +73,12 @@ pub const PROBES: &[ProbeSpec] = &[
         category: "sched",
         tracepoint: "sched_process_exit",
         required: true,
+    },
+    ProbeSpec {
+        program: "tracer_fork",
+        category: "sched",
+        tracepoint: "sched_process_fork",
+        required: false,
     },
     // New programs may bring TLS libraries (see uprobes/).
     ProbeSpec {
@@ -165,6 +174,37 @@ pub fn ensure_tracefs() {
     }
 }
 
+/// Offset of `child_pid` in `sched:sched_process_fork` records, from the
+/// tracepoint's `format` (0 when it cannot be read: forks are then not
+/// followed).
+pub fn fork_child_pid_offset() -> u32 {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok()
+        })
+        .and_then(|f| field_offset(&f, "child_pid"))
+        .unwrap_or(0)
+}
+
+/// `offset:N` of field `name` in a tracefs `format` text.
+fn field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|l| {
+        let decl = l.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        if decl.split_whitespace().last()? != name {
+            return None;
+        }
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .parse()
+            .ok()
+            .filter(|o| *o < 256)
+    })
+}
+
 /// Writes the configuration the kernel programs read on every event.
 pub fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), BpfError> {
     let map = ebpf
@@ -236,4 +276,25 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
         }
     }
     Ok((ebpf, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_record_offsets_of_both_layouts() {
+        let new = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(new, "child_pid"), Some(20));
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(old, "child_pid"), Some(44));
+        assert_eq!(field_offset(old, "nope"), None);
+        assert_eq!(field_offset("garbage", "child_pid"), None);
+    }
 }

@@ -1,7 +1,8 @@
-//! One connection's session: its metadata, the per-connection sequence
-//! check, and the protocol state chosen for it. The session routes each
-//! syscall's bytes to the request or response side and switches protocol
-//! when the connection stops speaking the one it started with.
+//! One connection's session: its metadata and the protocol state chosen
+//! for it. The session routes each syscall's bytes to the request or
+//! response side and switches protocol when the connection stops speaking
+//! the one it started with. (Lost events are found by the table, per fd:
+//! a socket held on several fds has a sequence per fd.)
 
 use std::sync::Arc;
 
@@ -39,7 +40,6 @@ impl State {
 pub struct Session {
     meta: Arc<ConnMeta>,
     state: State,
-    next_seq: u32,
     last_ts: u64,
 }
 
@@ -51,7 +51,6 @@ impl Session {
         Self {
             meta: Arc::new(meta),
             state,
-            next_seq: 0,
             last_ts: 0,
         }
     }
@@ -80,17 +79,16 @@ impl Session {
         }
     }
 
-    /// Feeds one captured syscall.
+    /// Feeds one captured syscall; `lost`: events before it were lost.
     pub fn on_data(
         &mut self,
         hdr: &DataHeader,
         payload: &[u8],
+        lost: bool,
         ids: &mut dyn ContextChooser,
         out: &mut Vec<Record>,
         counters: &Counters,
     ) {
-        let lost = hdr.seq != self.next_seq;
-        self.next_seq = hdr.seq.wrapping_add(1);
         self.last_ts = hdr.ts;
         let ingress = hdr.direction == DIR_INGRESS;
         let chunk = Chunk {
@@ -147,6 +145,7 @@ mod tests {
     struct Feed {
         session: Session,
         seq: u32,
+        next_seq: u32,
         ts: u64,
         counters: Counters,
         out: Vec<Record>,
@@ -161,6 +160,7 @@ mod tests {
                     Arc::from(Vec::<String>::new()),
                 ),
                 seq: 0,
+                next_seq: 0,
                 ts: 100,
                 counters: Counters::default(),
                 out: Vec::new(),
@@ -181,10 +181,18 @@ mod tests {
                 seq: self.seq,
                 ..Default::default()
             };
+            let lost = self.seq != self.next_seq;
             self.seq += 1;
+            self.next_seq = self.seq;
             self.ts += 10;
-            self.session
-                .on_data(&hdr, payload, &mut FixedIds, &mut self.out, &self.counters);
+            self.session.on_data(
+                &hdr,
+                payload,
+                lost,
+                &mut FixedIds,
+                &mut self.out,
+                &self.counters,
+            );
         }
 
         fn http(&self, i: usize) -> &HttpExchange {

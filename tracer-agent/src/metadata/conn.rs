@@ -37,6 +37,9 @@ pub struct ConnMeta {
     pub peer_ip: Option<Arc<str>>,
     /// Plaintext from a TLS library (HTTPS).
     pub tls: bool,
+    /// The socket's inode, when the agent could look: fds that share it
+    /// (dup'ed, inherited) are one connection.
+    pub socket: Option<u64>,
 }
 
 impl ConnMeta {
@@ -57,6 +60,7 @@ impl ConnMeta {
             peer,
             peer_ip: peer.map(|p| Arc::from(p.ip().to_string())),
             tls: false,
+            socket: None,
         }
     }
 }

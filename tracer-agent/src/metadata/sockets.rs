@@ -13,6 +13,9 @@ use std::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SocketInfo {
     pub is_socket: bool,
+    /// The socket's inode: the same for every fd and process that holds
+    /// it (an inetd-style child reading fd 0 and writing fd 1).
+    pub inode: Option<u64>,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
 }
@@ -83,6 +86,7 @@ pub fn inspect(pid: u32, fd: u32) -> io::Result<SocketInfo> {
     }
     Ok(SocketInfo {
         is_socket: true,
+        inode: Some(st.st_ino),
         local: name_of(dup.as_raw_fd(), libc::getsockname),
         peer: name_of(dup.as_raw_fd(), libc::getpeername),
     })

@@ -42,7 +42,7 @@ impl Pipeline {
                 &self.counters,
             ),
             Ok(Event::Close(ev)) => {
-                self.conns.close(
+                let ended = self.conns.close(
                     ev.tgid,
                     ev.fd,
                     ev.conn_id,
@@ -54,12 +54,15 @@ impl Pipeline {
                 // requests that never completed count their children as
                 // orphans.
                 self.emit_done();
-                self.trace.forget_conn(ev.conn_id);
+                self.trace.forget_kernel_conn(ev.conn_id);
+                if let Some(conn_id) = ended {
+                    self.trace.forget_conn(conn_id);
+                }
             }
             Ok(Event::Exit(ev)) => {
-                let fds = self
-                    .conns
-                    .close_process(ev.tgid, ev.ts, &mut self.done, &self.counters);
+                let (fds, _ended) =
+                    self.conns
+                        .close_process(ev.tgid, ev.ts, &mut self.done, &self.counters);
                 // Flush spans before the process info goes.
                 self.emit_done();
                 self.trace.forget_process(ev.tgid);
@@ -118,7 +121,7 @@ impl Pipeline {
             return;
         };
         let kernel_peer = sockets::wire_addr(ev.family, &ev.raddr, ev.rport);
-        let (mut local, mut peer) = (None, kernel_peer);
+        let (mut local, mut peer, mut socket) = (None, kernel_peer, None);
         let inspected = match self.host {
             HostView::Live => sockets::inspect(ev.tgid, ev.fd).ok(),
             HostView::Offline => None,
@@ -130,6 +133,7 @@ impl Pipeline {
                 if kernel_peer.is_none() || info.peer == kernel_peer {
                     local = info.local;
                     peer = peer.or(info.peer);
+                    socket = info.inode;
                 }
             }
             Some(_) if ev.origin == ORIGIN_INFERRED => {
@@ -152,6 +156,7 @@ impl Pipeline {
             peer,
         );
         meta.tls = ev.tls != 0;
+        meta.socket = socket;
         self.conns.open(meta, kind, &mut self.done, &self.counters);
     }
 

@@ -67,6 +67,9 @@ registry! {
         decode_errors,
         /// Connections opened in the agent's table.
         conns_opened,
+        /// Fds joined to a connection already followed on another fd (the
+        /// same socket: inetd-style children, dup'ed fds).
+        conns_joined,
         /// Connections dropped because the table was full.
         conns_evicted,
         /// Connections vetoed by a filter, because the fd was not a socket,

@@ -107,9 +107,15 @@ impl TraceIds {
         }
     }
 
-    /// A connection closed: its unfinished SERVER spans are gone.
+    /// A connection (the session, `ConnMeta::conn_id`) ended: its
+    /// unfinished SERVER spans are gone.
     pub fn forget_conn(&mut self, conn_id: u64) {
         self.parents.forget_conn(conn_id, &self.counters);
+    }
+
+    /// The kernel closed one of its connections (one fd): SERVER contexts
+    /// waiting for its data can no longer match.
+    pub fn forget_kernel_conn(&mut self, conn_id: u64) {
         self.kernel.forget_conn(conn_id, &self.counters);
     }
 

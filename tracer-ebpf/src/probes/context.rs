@@ -222,8 +222,7 @@ extern "C" fn try_propagator(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let found = match code {
         PROPAGATOR_TRACECONTEXT => {
             let at = c.traceparent as usize;
-            let ok = at != 0
-                && parse_traceparent(d, at, n, ids.trace_id, ids.span_id, ids.flags);
+            let ok = at != 0 && parse_traceparent(d, at, n, ids.trace_id, ids.span_id, ids.flags);
             if ok {
                 FOUND_W3C
             } else {

@@ -2,18 +2,19 @@
 //! exit, and the notices that make the agent look for TLS libraries (exec,
 //! `dlopen`).
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{tracepoint, uretprobe},
     programs::{RetProbeContext, TracePointContext},
 };
 use tracer_common::{
-    conn_key, EVENT_DLOPEN, EVENT_EXEC, EVENT_PROC_EXIT, PROTO_HTTP1, PROTO_HTTP2, ROLE_SERVER,
+    conn_key, EVENT_DLOPEN, EVENT_EXEC, EVENT_PROC_EXIT, ORIGIN_ACCEPT, PROTO_HTTP1, PROTO_HTTP2,
+    PROTO_UNKNOWN, ROLE_SERVER,
 };
 
 use super::{context::server_done, ctx_u64, syscalls::traced, OFF_ARG0};
 use crate::{
     emit::{emit_close, emit_proc},
-    maps::{config, take_inflight, CONNS},
+    maps::{config, take_inflight, ClosedConn, CLOSED, CONNS},
 };
 
 /// `syscalls:sys_enter_close(fd)`: forget the socket; tell the agent if it
@@ -29,6 +30,16 @@ pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let (proto, conn_id, role) = (st.proto, st.conn_id, st.role);
+    // Accepted and closed unread: perhaps handed to a child, which may
+    // dup2 it after this (see fds.rs).
+    if st.origin == ORIGIN_ACCEPT && proto == PROTO_UNKNOWN {
+        let closed = ClosedConn {
+            st: *st,
+            // SAFETY: no preconditions.
+            ts: unsafe { bpf_ktime_get_ns() },
+        };
+        let _ = CLOSED.insert(key, closed, 0);
+    }
     let _ = CONNS.remove(key);
     if role == ROLE_SERVER && config().inject_context != 0 {
         server_done(pid_tgid, conn_id);

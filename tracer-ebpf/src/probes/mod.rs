@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod context;
 pub mod data;
+pub mod fds;
 pub mod inject;
 pub mod lifecycle;
 pub mod syscalls;
