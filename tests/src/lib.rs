@@ -571,3 +571,39 @@ function next() {
 }
 next();
 "#;
+
+/// Names of the loaded BPF programs that are ours (`tracer_*`).
+pub fn loaded_tracer_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.position(|x| x == "name")?;
+            w.next().map(str::to_owned)
+        })
+        .filter(|n| n.starts_with("tracer_"))
+        .collect()
+}
+
+/// Names of the BPF maps of the given names that exist now.
+pub fn bpf_maps_named(names: &[&str]) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["map", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.position(|x| x == "name")?;
+            w.next().map(str::to_owned)
+        })
+        .filter(|n| names.contains(&n.as_str()))
+        .collect()
+}

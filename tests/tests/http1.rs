@@ -329,23 +329,6 @@ fn agent_refuses_bad_configuration_loudly() {
 }
 
 /// Names of loaded BPF programs that belong to the tracer (bpftool).
-fn loaded_tracer_programs() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(out.status.success(), "bpftool failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.position(|x| x == "name")?;
-            w.next().map(str::to_owned)
-        })
-        .filter(|n| n.starts_with("tracer_"))
-        .collect()
-}
-
 #[test]
 fn sigterm_detaches_every_program() {
     if !require_root("sigterm_detaches_every_program") {
@@ -420,4 +403,73 @@ fn inetd_style_server_is_one_connection_across_fds() {
     assert!(summary.contains("conns_joined=2"), "{summary}");
     assert!(!summary.contains("orphan_responses"), "{summary}");
     assert!(!summary.contains("unanswered_requests"), "{summary}");
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_and_never_mispairs() {
+    if !require_root("ring_buffer_overflow_is_counted_and_never_mispairs") {
+        return;
+    }
+    // The smallest ring the kernel takes, under two saturating loads with
+    // different answers: events are lost, but a span never pairs a
+    // request with another request's response.
+    let mut agent = Agent::start(&["--ring-buffer-bytes", "4096", "--stats-interval", "1"]);
+    let port = free_port();
+    let (_nginx, _dir) = nginx(
+        port,
+        "location /ok/ { return 200 \"ok\\n\"; } location /nf/ { return 404; }",
+    );
+    let wrk = |path: &str| {
+        Command::new("wrk")
+            .args([
+                "-t1",
+                "-c4",
+                "-d3s",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wrk (installed by cargo xtask setup)")
+    };
+    let (mut a, mut b) = (wrk("/ok/a"), wrk("/nf/b"));
+    a.wait().expect("wrk");
+    b.wait().expect("wrk");
+    // Load is gone: tracing is exact again.
+    thread::sleep(Duration::from_millis(500));
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/ok/after"),
+    ]);
+    let after = agent.wait_for(1, |sp| attr(sp, "url.path") == "/ok/after");
+    assert_eq!(after.len(), 2, "one SERVER and one CLIENT span: {after:#?}");
+    agent.stop();
+    let spans = agent.spans();
+    let nginx_spans: Vec<&Value> = spans
+        .iter()
+        .filter(|sp| s(sp, "kind") == "SERVER" && exe(sp) == "nginx")
+        .collect();
+    assert!(
+        nginx_spans.len() > 10,
+        "hardly any spans: {}",
+        nginx_spans.len()
+    );
+    for sp in &nginx_spans {
+        let path = attr(sp, "url.path").as_str().unwrap_or("");
+        let want = if path.starts_with("/ok/") { 200 } else { 404 };
+        assert_eq!(
+            attr_i(sp, "http.response.status_code"),
+            want,
+            "mispaired: {sp:#}"
+        );
+    }
+    let log = agent.log();
+    assert!(
+        log.contains("kernel ring buffer full"),
+        "no drop warning:\n{log}"
+    );
+    let summary = log.lines().find(|l| l.contains("summary:")).unwrap_or("");
+    assert!(summary.contains("ringbuf_drops="), "{summary}");
+    assert!(summary.contains("seq_gaps="), "{summary}");
 }

@@ -482,3 +482,64 @@ fn tls_server_propagates_to_plaintext_downstream() {
     assert_eq!(s(a_client, "trace_id"), s(a_server, "trace_id"));
     assert_eq!(s(b_server, "trace_id"), s(a_server, "trace_id"));
 }
+
+#[test]
+fn kill_9_mid_load_leaves_nothing_attached_and_traffic_intact() {
+    if !require_root("kill_9_mid_load_leaves_nothing_attached_and_traffic_intact") {
+        return;
+    }
+    let (_echo, port) = echo_server();
+    let mut agent = Agent::start(&["--inject-context", "on"]);
+    // Requests on fresh connections all along, before, during and after
+    // the kill: every one must come back byte-exact (with at most the one
+    // injected line while the agent lives).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent =
+                    format!("POST /load/{n} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+                let echoed = exchange(port, &[sent.as_bytes()], 1).remove(0);
+                if echoed != sent.as_bytes() {
+                    strip_injection(sent.as_bytes(), &echoed);
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    thread::sleep(Duration::from_millis(1500));
+    assert!(!loaded_tracer_programs().is_empty());
+    agent.stop_with(libc::SIGKILL);
+    // The kernel drops every program, link, cgroup attachment and map
+    // with the agent's file descriptors: nothing is left to hurt traffic.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let progs = loaded_tracer_programs();
+        let maps = bpf_maps_named(&["SOCKS", "SOCK_STATE", "CONNS", "EVENTS"]);
+        if progs.is_empty() && maps.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind after kill -9: programs {progs:?}, maps {maps:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = load
+        .join()
+        .expect("load thread: a request was changed or lost");
+    assert!(done > 20, "only {done} requests completed");
+    // A restarted agent traces at once.
+    let again = Agent::start(&[]);
+    let url = format!("http://127.0.0.1:{port}/after/restart");
+    curl(&["-o", "/dev/null", &url]);
+    let spans = again.wait_for(1, |sp| {
+        s(sp, "kind") == "SERVER" && attr(sp, "url.path") == "/after/restart"
+    });
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+}

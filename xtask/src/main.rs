@@ -8,7 +8,9 @@
 //! - `lint`: rustfmt check and clippy (userspace and the kernel crate).
 //! - `bench`: tracer off vs on against nginx, same run, ratios reported.
 //! - `record-fixtures`: re-record the captures the replay tests pin.
+//! - `matrix`: boot the kernels users run under qemu and trace inside.
 mod bench;
+mod matrix;
 mod setup;
 mod tasks;
 mod util;
@@ -46,6 +48,9 @@ enum Cmd {
     /// Re-record the real-program captures in tracer-agent/tests/data
     /// (root): the replay tests pin the spans they produce.
     RecordFixtures,
+    /// Boot Debian kernels under qemu and check that every program loads
+    /// and traces inside (root).
+    Matrix(matrix::MatrixArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Lint => tasks::lint(),
         Cmd::Bench(a) => bench::run(&a),
         Cmd::RecordFixtures => tasks::record_fixtures(),
+        Cmd::Matrix(a) => matrix::run(&a),
     }
 }

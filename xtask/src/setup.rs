@@ -18,6 +18,11 @@ const APT_PEERS: &[(&str, &str)] = &[
     // A Go binary (crypto/tls, no OpenSSL): the TLS tests check that its
     // traffic is reported as not visible rather than mis-parsed.
     ("hey", "hey"),
+    // The kernel matrix (`cargo xtask matrix`): guests boot under qemu
+    // with an initramfs of busybox, nginx and the agent.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
 ];
 
 /// Where setup keeps what it builds: outside the work tree, so a fresh

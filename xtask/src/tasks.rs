@@ -102,7 +102,29 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         c.arg(f);
     }
     c.env("TRACER_BIN", &bin);
-    sh(&mut c)
+    let before = peer_processes();
+    let res = sh(&mut c);
+    // A test must leave no process behind (an orphaned server holds its
+    // port and its memory, and makes later runs lie).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stray: Vec<String> = peer_processes()
+        .into_iter()
+        .filter(|(pid, _)| !before.iter().any(|(p, _)| p == pid))
+        .map(|(pid, comm)| format!("{comm}[{pid}]"))
+        .collect();
+    res?;
+    anyhow::ensure!(
+        stray.is_empty(),
+        "the integration tests left processes behind: {}",
+        stray.join(", ")
+    );
+    if filter.is_some() {
+        println!("SKIP: kernel matrix (a --filter run)");
+        return Ok(());
+    }
+    // Every BPF program on another kernel than the host's: the whole
+    // matrix is `cargo xtask matrix`.
+    crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice())
 }
 
 /// Runs the ignored fixture recorder of the integration tests.
@@ -127,4 +149,26 @@ pub fn record_fixtures() -> anyhow::Result<()> {
             "--test-threads=1",
         ])
         .env("TRACER_BIN", &bin))
+}
+
+/// Processes of the programs the tests and the bench start: (pid, comm).
+fn peer_processes() -> Vec<(u32, String)> {
+    const PEERS: &[&str] = &[
+        "nginx", "python3", "node", "busybox", "httpd", "wrk", "curl", "tracer", "hey", "h2load",
+        "openssl",
+    ];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim().to_owned();
+            PEERS
+                .iter()
+                .any(|p| comm.starts_with(p))
+                .then_some((pid, comm))
+        })
+        .collect()
 }

@@ -17,10 +17,39 @@ use std::{
 use anyhow::{bail, Context as _};
 
 /// Kills the child on drop.
+/// A child started in a process group of its own, and ended with all of
+/// it: killing an nginx master alone orphans its workers, which keep the
+/// ports and make the next run refuse to start.
 pub(super) struct Guard(pub(super) Child);
+
+impl Guard {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub(super) fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0).spawn().map(Self)
+    }
+
+    fn signal_group(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // Politely first (nginx's master then stops its workers), then
+        // the whole group for good.
+        self.signal_group("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_group("-KILL");
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -70,15 +99,14 @@ http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_pa
     location / {{ return 200 \"hello\\n\"; }}\n  }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
-    let child = Command::new("nginx")
+    let mut child = Command::new("nginx");
+    child
         .arg("-p")
         .arg(dir)
         .arg("-c")
         .arg(dir.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting nginx")?;
-    let g = Guard(child);
+        .stdout(Stdio::null());
+    let g = Guard::spawn(&mut child).context("starting nginx")?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
