@@ -50,6 +50,7 @@ enum Cmd {
     RecordFixtures,
     /// Boot Debian kernels under qemu and check that every program loads
     /// and traces inside (root).
+    #[command(alias = "kernels")]
     Matrix(matrix::MatrixArgs),
 }
 

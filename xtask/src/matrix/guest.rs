@@ -162,6 +162,25 @@ pub fn build_initramfs(agent: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The accelerator qemu can use: KVM where the host's KVM runs stock
+/// kernels, else TCG (software emulation), with why.
+pub fn accelerator() -> (&'static str, String) {
+    let kvm = Path::new("/dev/kvm").exists();
+    let stock = ["kvm_intel", "kvm_amd"]
+        .iter()
+        .any(|m| Path::new("/sys/module").join(m).exists());
+    if kvm && stock {
+        ("kvm", "KVM".to_owned())
+    } else if kvm {
+        (
+            "tcg",
+            "TCG (software emulation): /dev/kvm here is not a stock KVM (kvm_pvm)".to_owned(),
+        )
+    } else {
+        ("tcg", "TCG (software emulation): no /dev/kvm".to_owned())
+    }
+}
+
 /// Boots `kernel` with `initrd` and returns its console output (also
 /// written to `console`, as far as it got, when the guest hangs).
 pub fn boot(kernel: &Path, initrd: &Path, console: &Path) -> anyhow::Result<String> {

@@ -192,6 +192,8 @@ pub fn run(args: &MatrixArgs) -> anyhow::Result<()> {
         v
     };
     let agent = tasks::build()?;
+    let (_, accel) = guest::accelerator();
+    eprintln!("matrix: qemu with {accel}");
     let dir = root().join("target/matrix");
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.gz");
@@ -239,6 +241,7 @@ pub fn run(args: &MatrixArgs) -> anyhow::Result<()> {
             failed.push(release);
         }
     }
+    let _ = writeln!(report, "\nqemu ran with {accel}.");
     std::fs::write(dir.join("report.md"), &report)?;
     println!("{report}");
     if !failed.is_empty() {
