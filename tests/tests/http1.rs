@@ -473,3 +473,68 @@ fn ring_buffer_overflow_is_counted_and_never_mispairs() {
     assert!(summary.contains("ringbuf_drops="), "{summary}");
     assert!(summary.contains("seq_gaps="), "{summary}");
 }
+
+/// Reads a request on the accepted socket, moves the socket to fd 9 with
+/// dup2 and answers there; the next request is read and answered on 9.
+const PY_DUP2_SERVER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    if not c.recv(65536):
+        c.close()  # a port probe
+        continue
+    os.dup2(c.fileno(), 9)
+    body = b"first\n"
+    os.write(9, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    os.read(9, 65536)
+    os.write(9, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    os.close(9)
+    c.close()
+"#;
+
+#[test]
+fn dup2_of_a_socket_in_use_keeps_one_connection() {
+    if !require_root("dup2_of_a_socket_in_use_keeps_one_connection") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let _server = Proc::spawn(
+        "dup2 server",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_DUP2_SERVER)
+            .arg(port.to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    let base = format!("http://127.0.0.1:{port}");
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("{base}/one"),
+        &format!("{base}/two"),
+    ]);
+    let servers = agent.wait_for(2, |sp| s(sp, "kind") == "SERVER" && python(sp));
+    let got: Vec<(String, i64)> = servers
+        .iter()
+        .map(|sp| {
+            (
+                s(sp, "name").to_owned(),
+                attr_i(sp, "http.response.status_code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("GET /one".to_owned(), 200), ("GET /two".to_owned(), 404)]
+    );
+}

@@ -19,10 +19,13 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{conn_key, ConnState};
+use tracer_common::{conn_key, ConnState, PROTO_HTTP1, PROTO_HTTP2};
 
 use super::{ctx_u64, syscalls::traced, OFF_ARG0, OFF_ARG1};
-use crate::maps::{config, ForkedFrom, CLOSED, CONNS, PARENTS};
+use crate::{
+    emit::emit_open,
+    maps::{config, ForkedFrom, CLOSED, CONNS, PARENTS},
+};
 
 /// `sched:sched_process_fork`: runs in the parent; remembers the child's
 /// parent and the time (threads too: harmless, keys are looked up by
@@ -74,7 +77,8 @@ fn inherited(tgid: u32, fd: u32) -> Option<ConnState> {
 /// fails only for a bad `oldfd`, which has no entry.
 #[tracepoint]
 pub fn tracer_enter_dup2(ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if !traced(tgid, &config()) {
         return 0;
     }
@@ -87,8 +91,15 @@ pub fn tracer_enter_dup2(ctx: TracePointContext) -> u32 {
     let own = unsafe { CONNS.get(conn_key(tgid, old)) }.copied();
     let st = own.or_else(|| inherited(tgid, old));
     match st {
-        Some(st) => {
+        Some(mut st) => {
+            // Each fd has its own event sequence (the agent checks it per
+            // fd). One already classified is announced now: its first
+            // bytes on the new fd may be mid-message, too late to tell.
+            st.seq = 0;
             let _ = CONNS.insert(conn_key(tgid, new), st, 0);
+            if st.proto == PROTO_HTTP1 || st.proto == PROTO_HTTP2 {
+                emit_open(pid_tgid, new, &st);
+            }
         }
         // `newfd` is closed by the call: whatever it was is over.
         None => {
