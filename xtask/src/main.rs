@@ -9,7 +9,9 @@
 //! - `bench`: tracer off vs on against nginx, same run, ratios reported.
 //! - `record-fixtures`: re-record the captures the replay tests pin.
 //! - `matrix`: boot the kernels users run under qemu and trace inside.
+//! - `fuzz`: coverage-guided fuzzing of the parsers and pipeline (nightly).
 mod bench;
+mod fuzz;
 mod matrix;
 mod setup;
 mod tasks;
@@ -52,6 +54,9 @@ enum Cmd {
     /// and traces inside (root).
     #[command(alias = "kernels")]
     Matrix(matrix::MatrixArgs),
+    /// Fuzz the agent's parsers and pipeline with cargo-fuzz (nightly);
+    /// a crash fails the command and its input is kept in fuzz/artifacts.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::RecordFixtures => tasks::record_fixtures(),
         Cmd::Matrix(a) => matrix::run(&a),
+        Cmd::Fuzz(a) => fuzz::run(&a),
     }
 }

@@ -124,7 +124,10 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     // Every BPF program on another kernel than the host's: the whole
     // matrix is `cargo xtask matrix`.
-    crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice())
+    crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice())?;
+    // A short run of every fuzz target: the long runs are `cargo xtask
+    // fuzz --runs N`.
+    crate::fuzz::run(&crate::fuzz::FuzzArgs::smoke())
 }
 
 /// Runs the ignored fixture recorder of the integration tests.

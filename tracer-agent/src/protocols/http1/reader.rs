@@ -269,6 +269,14 @@ impl MessageReader {
         } else {
             let room = MAX_HEAD_BYTES.saturating_sub(old_len);
             let take = input.len().min(room);
+            // Grow by doubling, but never past the cap: `extend_from_slice`
+            // alone doubles the capacity, so a partial head just over half
+            // the cap held up to twice MAX_HEAD_BYTES (found by fuzzing;
+            // `buffered` and the table's budget count capacity).
+            let want = (self.head_buf.capacity() * 2)
+                .min(MAX_HEAD_BYTES)
+                .max(old_len + take);
+            self.head_buf.reserve_exact(want - old_len);
             self.head_buf.extend_from_slice(&input[..take]);
             parse_head(self.kind, &self.head_buf, &self.trace_names)
         };
@@ -787,6 +795,26 @@ HTTP/1.1 500 Err\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5;ext=1\r\nhello\r\n
             r.step(&mut f, 2, ResponseContext::default()),
             Some(Event::Lost(ParseError::HeadTooLarge))
         );
+    }
+
+    /// Fuzz regression (http1 target): a partial head of 10752 bytes, then
+    /// five more bytes, doubled the held buffer to 21504 bytes, over
+    /// `MAX_HEAD_BYTES`.
+    #[test]
+    fn partial_head_buffer_never_outgrows_the_cap() {
+        let mut r = MessageReader::new(Kind::Request);
+        let first = vec![b'H'; 10752];
+        for (ts, chunk) in [&first[..], b"hello", &first[..]].into_iter().enumerate() {
+            let ts = ts as u64 + 1;
+            r.begin_chunk(chunk, ts);
+            let mut input = chunk;
+            while r.step(&mut input, ts, ResponseContext::default()).is_some() {}
+            assert!(
+                r.buffered() <= MAX_HEAD_BYTES,
+                "holds {} bytes after chunk {ts}",
+                r.buffered()
+            );
+        }
     }
 
     #[test]
