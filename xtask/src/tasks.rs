@@ -89,11 +89,25 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "xtask",
     ]))?;
     let bin = build()?;
+    // The slow, non-cargo-test parts run before the integration tests, so
+    // the suite closes on cargo test's own summary. Skipped for a
+    // --filter run.
+    if filter.is_none() {
+        // A short run of every fuzz target: the long runs are `cargo
+        // xtask fuzz --runs N`.
+        crate::fuzz::run(&crate::fuzz::FuzzArgs::smoke())?;
+    }
     if !is_root() {
         println!(
-            "SKIP: integration tests load BPF programs and need root (run as root to include them)"
+            "SKIP: the kernel matrix and the integration tests load BPF programs and need root \
+             (run as root to include them)"
         );
         return Ok(());
+    }
+    if filter.is_none() {
+        // Every BPF program on another kernel than the host's: the whole
+        // matrix is `cargo xtask matrix`.
+        crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice())?;
     }
     let mut c = cargo();
     c.args(["test", "--release", "-p", "tracer-tests", "--"])
@@ -118,16 +132,7 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "the integration tests left processes behind: {}",
         stray.join(", ")
     );
-    if filter.is_some() {
-        println!("SKIP: kernel matrix (a --filter run)");
-        return Ok(());
-    }
-    // Every BPF program on another kernel than the host's: the whole
-    // matrix is `cargo xtask matrix`.
-    crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice())?;
-    // A short run of every fuzz target: the long runs are `cargo xtask
-    // fuzz --runs N`.
-    crate::fuzz::run(&crate::fuzz::FuzzArgs::smoke())
+    Ok(())
 }
 
 /// Runs the ignored fixture recorder of the integration tests.
