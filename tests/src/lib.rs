@@ -572,10 +572,10 @@ function next() {
 next();
 "#;
 
-/// Names of the loaded BPF programs that are ours (`tracer_*`).
-pub fn loaded_tracer_programs() -> Vec<String> {
+/// The `name` of every object `bpftool {prog|map} show` lists.
+fn bpftool_names(kind: &str) -> Vec<String> {
     let out = Command::new("bpftool")
-        .args(["prog", "show"])
+        .args([kind, "show"])
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
     assert!(out.status.success(), "bpftool failed");
@@ -586,24 +586,21 @@ pub fn loaded_tracer_programs() -> Vec<String> {
             w.position(|x| x == "name")?;
             w.next().map(str::to_owned)
         })
+        .collect()
+}
+
+/// Names of the loaded BPF programs that are ours (`tracer_*`).
+pub fn loaded_tracer_programs() -> Vec<String> {
+    bpftool_names("prog")
+        .into_iter()
         .filter(|n| n.starts_with("tracer_"))
         .collect()
 }
 
 /// Names of the BPF maps of the given names that exist now.
 pub fn bpf_maps_named(names: &[&str]) -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["map", "show"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(out.status.success(), "bpftool failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.position(|x| x == "name")?;
-            w.next().map(str::to_owned)
-        })
+    bpftool_names("map")
+        .into_iter()
         .filter(|n| names.contains(&n.as_str()))
         .collect()
 }
