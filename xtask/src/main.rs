@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Lint => tasks::lint(),
         Cmd::Bench(a) => bench::run(&a),
         Cmd::RecordFixtures => tasks::record_fixtures(),
-        Cmd::Matrix(a) => matrix::run(&a),
+        Cmd::Matrix(a) => matrix::run(&a, &tasks::build()?),
         Cmd::Fuzz(a) => fuzz::run(&a),
     }
 }

@@ -107,7 +107,7 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     if filter.is_none() {
         // Every BPF program on another kernel than the host's: the whole
         // matrix is `cargo xtask matrix`.
-        crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice())?;
+        crate::matrix::run(&crate::matrix::MatrixArgs::suite_slice(), &bin)?;
     }
     let mut c = cargo();
     c.args(["test", "--release", "-p", "tracer-tests", "--"])

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use anyhow::bail;
 use serde_json::Value;
 
-use crate::{tasks, util::root};
+use crate::util::root;
 
 #[derive(Debug, clap::Args)]
 pub struct MatrixArgs {
@@ -171,7 +171,8 @@ fn judge_inject(p: &guest::Phase, expected: bool) -> Verdict {
     }
 }
 
-pub fn run(args: &MatrixArgs) -> anyhow::Result<()> {
+/// Runs the matrix with the release agent at `agent`.
+pub fn run(args: &MatrixArgs, agent: &std::path::Path) -> anyhow::Result<()> {
     let specs: Vec<&kernels::KernelSpec> = if args.kernels.is_empty() {
         kernels::KERNELS.iter().collect()
     } else {
@@ -191,13 +192,12 @@ pub fn run(args: &MatrixArgs) -> anyhow::Result<()> {
         }
         v
     };
-    let agent = tasks::build()?;
     let (_, accel) = guest::accelerator();
     eprintln!("matrix: qemu with {accel}");
     let dir = root().join("target/matrix");
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.gz");
-    guest::build_initramfs(&agent, &initrd)?;
+    guest::build_initramfs(agent, &initrd)?;
 
     let mut report =
         String::from("| kernel | used by | capture | context injection |\n|---|---|---|---|\n");
