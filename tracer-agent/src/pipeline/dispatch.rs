@@ -90,10 +90,15 @@ impl Pipeline {
         ) {
             self.notices.tls_plaintext(hdr.tgid, &self.counters);
         }
-        let ports = self
-            .conns
-            .meta(hdr.tgid, hdr.fd)
-            .map(|m| (m.local.map(|a| a.port()), m.peer.map(|a| a.port())));
+        // Ports only matter to match kernel-chosen ids (injection on):
+        // no lookup for them otherwise.
+        let ports = if self.trace.kernel_ids_waiting() {
+            self.conns
+                .meta(hdr.tgid, hdr.fd)
+                .map(|m| (m.local.map(|a| a.port()), m.peer.map(|a| a.port())))
+        } else {
+            None
+        };
         self.trace.begin_data(hdr, ports);
         self.conns.on_data(
             hdr,

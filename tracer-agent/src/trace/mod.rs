@@ -82,12 +82,17 @@ impl TraceIds {
         self.kernel.on_event(ev, &self.counters);
     }
 
+    /// Whether any kernel-chosen ids wait for their data event.
+    pub fn kernel_ids_waiting(&self) -> bool {
+        !self.kernel.is_empty()
+    }
+
     /// A data event is about to be parsed: takes the kernel's ids for it.
     /// `ports` are the connection's (local, peer) ports where known.
     pub fn begin_data(&mut self, hdr: &DataHeader, ports: Option<(Option<u16>, Option<u16>)>) {
         self.event_ids.clear();
         self.event_used = 0;
-        if !self.kernel.is_empty() {
+        if self.kernel_ids_waiting() {
             self.kernel
                 .take_for(hdr, ports, &mut self.event_ids, &self.counters);
         }
