@@ -15,6 +15,7 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod h2;
 pub mod otlp;
 
 /// Integration tests need root to load BPF. Returns false (after saying
@@ -312,20 +313,25 @@ fn rand_u64() -> u128 {
 /// nginx (master + one worker) on 127.0.0.1:`port`, with `locations`
 /// spliced into its server block. Static files live in the returned dir.
 pub fn nginx(port: u16, locations: &str) -> (Proc, TempDir) {
-    nginx_with(port, locations, false)
+    nginx_with(port, locations, None)
 }
 
 /// nginx serving HTTPS (self-signed certificate) on 127.0.0.1:`port`.
 pub fn nginx_tls(port: u16, locations: &str) -> (Proc, TempDir) {
-    nginx_with(port, locations, true)
+    nginx_with(port, locations, Some(""))
 }
 
-fn nginx_with(port: u16, locations: &str, tls: bool) -> (Proc, TempDir) {
+/// nginx over TLS offering HTTP/2 by ALPN (`h2`), as well as HTTP/1.1.
+pub fn nginx_tls_h2(port: u16, locations: &str) -> (Proc, TempDir) {
+    nginx_with(port, locations, Some(" http2"))
+}
+
+fn nginx_with(port: u16, locations: &str, tls: Option<&str>) -> (Proc, TempDir) {
     let dir = TempDir::new("nginx");
-    let listen = if tls {
+    let listen = if let Some(extra) = tls {
         let (cert, key) = self_signed_cert(&dir);
         format!(
-            "127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {}",
+            "127.0.0.1:{port} ssl{extra};\n    ssl_certificate {};\n    ssl_certificate_key {}",
             cert.display(),
             key.display()
         )

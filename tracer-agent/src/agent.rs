@@ -20,7 +20,7 @@ use tracer_common::{Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_RINGBUF_DROPS
 
 use crate::{
     bpf::{
-        injection,
+        h2walk, injection,
         kernel::{ConnMap, StatsMap},
         loader,
         recording::Recorder,
@@ -163,6 +163,20 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     );
     tracing::debug!("attached: {}", report.attached.join(", "));
     let mut attached_programs = report.attached.len();
+    match h2walk::attach(&mut ebpf) {
+        Ok(()) => {
+            attached_programs += 2;
+            tracing::info!("HTTP/2 frame walk on: DATA payloads skipped, every other frame copied");
+        }
+        Err(e) => {
+            tracing::warn!(
+                "HTTP/2 frame walk unavailable, HTTP/2 is copied up to --max-capture-bytes \
+                 per call (trailers behind large DATA frames may be lost): {}",
+                short_reason(&e)
+            );
+            tracing::debug!("HTTP/2 frame walk: {e:?}");
+        }
+    }
     if args.inject_context == Switch::On {
         // Where is configuration (an error); whether this kernel can run
         // it is not: without it the agent still traces, and says why.

@@ -36,6 +36,23 @@ pub const DATA_FLAG_TRUNCATED: u8 = 1;
 /// Nothing was captured on purpose (sendfile): `total_len` bytes are a gap.
 pub const DATA_FLAG_GAP: u8 = 2;
 
+/// The payload is a list of segments of the syscall's data, each a
+/// [`SegmentHeader`] and its bytes; what no segment covers was not
+/// captured. The kernel sends HTTP/2 this way: every frame header and
+/// non-DATA frame whole, DATA payloads as gaps.
+pub const DATA_FLAG_SEGMENTS: u8 = 4;
+
+/// Before each segment's bytes (with [`DATA_FLAG_SEGMENTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Position of the segment's first byte in the syscall's data.
+    pub offset: u32,
+    pub len: u16,
+    /// `SEG_*` flags.
+    pub flags: u16,
+}
+
 /// Which syscall produced a data event (diagnostics only).
 pub const SRC_READ: u8 = 1;
 pub const SRC_WRITE: u8 = 2;
@@ -147,5 +164,6 @@ const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<TlsSeenEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<SegmentHeader>() == 8);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);

@@ -66,6 +66,28 @@ pub const PROG_SERVER_CTX: &str = "tracer_server_ctx";
 /// The same program for TLS plaintext (kprobe type), in
 /// [`MAP_TLS_TAIL_PROGS`].
 pub const PROG_TLS_SERVER_CTX: &str = "tracer_tls_server_ctx";
+/// Index in [`MAP_TAIL_PROGS`] (and [`MAP_TLS_TAIL_PROGS`]) of the HTTP/2
+/// frame walker.
+pub const TAIL_H2_WALK: u32 = 1;
+/// The HTTP/2 frame walker (tracepoint type) and its kprobe-type twin for
+/// TLS plaintext. Both need `bpf_loop` (5.17); without them HTTP/2 is
+/// copied like HTTP/1, up to the capture cap.
+pub const PROG_H2_WALK: &str = "tracer_h2_walk";
+pub const PROG_TLS_H2_WALK: &str = "tracer_tls_h2_walk";
+/// Per-connection HTTP/2 framing state of the walker (LRU, keyed like
+/// [`MAP_CONNS`]).
+pub const MAP_H2_STATE: &str = "H2_STATE";
+/// Size of [`MAP_H2_STATE`].
+pub const MAX_H2_STATE: u32 = 65_536;
+/// Steps (frame headers, frame pieces, iovec entries) the walker takes per
+/// syscall; past them the rest of the syscall is a gap and the framing is
+/// found again at a later syscall.
+pub const H2_WALK_STEPS: u32 = 4096;
+/// iovec entries the walker follows per syscall (`UIO_MAXIOV`).
+pub const H2_WALK_IOV: u64 = 1024;
+/// `SegmentHeader::flags`: the segment starts at a frame header.
+pub const SEG_FRAME_START: u16 = 1;
+
 /// Tail-call table of the TLS return probe.
 pub const MAP_TLS_TAIL_PROGS: &str = "TLS_TAIL_PROGS";
 /// The `sk_msg` injector.

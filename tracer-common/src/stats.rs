@@ -41,8 +41,17 @@ pub const STAT_TLS_NO_FD: u32 = 16;
 /// TLS library calls captured (plaintext events).
 pub const STAT_TLS_CALLS: u32 = 17;
 
+/// HTTP/2 frame walks that lost the framing (step or iovec budget, a
+/// failed read): the rest of that syscall was not copied.
+pub const STAT_H2_WALK_LOST: u32 = 18;
+/// HTTP/2 frame bytes (headers, non-DATA frames) not copied because the
+/// event was full.
+pub const STAT_H2_BYTES_NOT_COPIED: u32 = 19;
+/// HTTP/2 DATA payload bytes skipped (sent as gaps).
+pub const STAT_H2_DATA_SKIPPED: u32 = 20;
+
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_COUNT: u32 = 21;
 
 /// Human names, indexed like the counters (reported with a `kernel_`
 /// prefix by the agent's counter registry).
@@ -65,6 +74,9 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "tracestate_too_long",
     "tls_no_fd",
     "tls_calls",
+    "h2_walk_lost",
+    "h2_bytes_not_copied",
+    "h2_data_skipped",
 ];
 
 /// Help text of each counter, indexed like [`STAT_NAMES`].
@@ -87,4 +99,7 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "Inbound tracestate values too long to carry",
     "TLS plaintext dropped because the socket behind the SSL* was never seen",
     "TLS library calls captured",
+    "HTTP/2 frame walks that lost the framing (budget or failed read); the rest of the syscall was a gap",
+    "HTTP/2 frame-header and non-DATA bytes not copied because the event was full",
+    "HTTP/2 DATA payload bytes sent as gaps instead of copied",
 ];

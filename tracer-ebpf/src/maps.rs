@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
-    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_PARENTS, MAX_PID_FILTER,
-    MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
+    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_H2_STATE, MAX_PARENTS,
+    MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
+    TRACESTATE_MAX,
 };
 
 use crate::scan::head::{HeadScan, SCAN_BUF};
@@ -97,6 +98,15 @@ pub fn bump(stat: u32) {
     }
 }
 
+/// Adds `n` to a kernel counter.
+#[inline(always)]
+pub fn bump_by(stat: u32, n: u64) {
+    if let Some(counter) = STATS.get_ptr_mut(stat) {
+        // SAFETY: as in `bump`.
+        unsafe { *counter += n };
+    }
+}
+
 /// The agent's configuration, or the defaults if it has not been written yet.
 #[inline(always)]
 pub fn config() -> Config {
@@ -142,6 +152,60 @@ pub static CTX_BUILD: PerCpuArray<ThreadCtx> = PerCpuArray::with_max_entries(1, 
 /// Programs the capture path tail-calls (see `tracer_common::TAIL_*`).
 #[map]
 pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// A call handed to the HTTP/2 frame walker (`probes::h2`) by a tail
+/// call, which keeps nothing of the caller's stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct H2Args {
+    pub call: PendingCall,
+    pub ret: u64,
+    pub pid_tgid: u64,
+    pub key: u64,
+    pub conn_id: u64,
+    pub seq: u32,
+    pub ingress: u8,
+    pub _pad: [u8; 3],
+}
+
+#[map]
+pub static H2_ARGS: PerCpuArray<H2Args> = PerCpuArray::with_max_entries(1, 0);
+
+/// The frame walker's working state (see `probes::h2::Walk`).
+#[map]
+pub static H2_WALK: PerCpuArray<crate::probes::h2::Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where one direction of an HTTP/2 connection is in its framing.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct H2Dir {
+    /// Payload bytes of the current frame still to come.
+    pub rem: u32,
+    /// The current frame is DATA: its payload is skipped.
+    pub skip: u8,
+    /// Bytes of a frame header cut by the end of a call, so far.
+    pub have: u8,
+    /// The framing is lost until a call starts with a frame header.
+    pub lost: u8,
+    /// A call of this direction was walked (the first one is checked for
+    /// the preface or a frame header).
+    pub started: u8,
+    /// The frame header being read (9 bytes; 16 so an index masked with
+    /// 15 is provably inside).
+    pub hdr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct H2State {
+    /// The connection this belongs to (an fd number is reused).
+    pub conn_id: u64,
+    /// Ingress, egress.
+    pub dirs: [H2Dir; 2],
+}
+
+#[map]
+pub static H2_STATE: LruHashMap<u64, H2State> = LruHashMap::with_max_entries(MAX_H2_STATE, 0);
 
 /// Client sockets whose sends the injector sees.
 #[map]

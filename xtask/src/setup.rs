@@ -23,7 +23,38 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("cpio", "cpio"),
+    // HTTP/2 peers: an h2c server (and its clients, above), and etcd, a
+    // real grpc-go server and client.
+    ("nghttpd", "nghttp2-server"),
+    ("nghttpx", "nghttp2-proxy"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
+
+/// Python packages the HTTP/2 tests drive, in a venv of their own.
+const PIP_PEERS: &[&str] = &["grpcio==1.85.3"];
+
+/// The Python that has [`PIP_PEERS`].
+pub fn venv_python() -> PathBuf {
+    tools_dir().join("venv/bin/python3")
+}
+
+/// A venv with the Python test peers (gRPC), made once.
+fn python_peers() -> anyhow::Result<()> {
+    let stamp = tools_dir().join("venv/.tracer-peers");
+    let want = PIP_PEERS.join(" ");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(tools_dir().join("venv")))?;
+    run(Command::new(venv_python())
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(PIP_PEERS))?;
+    fs::write(&stamp, want)?;
+    Ok(())
+}
 
 /// Where setup keeps what it builds: outside the work tree, so a fresh
 /// clone (CI) reuses it, and in one place so it is easy to delete.
@@ -190,5 +221,6 @@ fn mounts() -> anyhow::Result<()> {
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;
     peers()?;
+    python_peers()?;
     mounts()
 }

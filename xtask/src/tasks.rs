@@ -163,7 +163,7 @@ pub fn record_fixtures() -> anyhow::Result<()> {
 fn peer_processes() -> Vec<(u32, String)> {
     const PEERS: &[&str] = &[
         "nginx", "python3", "node", "busybox", "httpd", "wrk", "curl", "tracer", "hey", "h2load",
-        "openssl",
+        "openssl", "nghttp", "etcd",
     ];
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -9,9 +9,8 @@ use std::{
 };
 
 use aya::{
-    maps::{ProgramArray, SockHash},
-    programs::{CgroupAttachMode, Program, SkMsg, SockOps},
-    util::KernelVersion,
+    maps::SockHash,
+    programs::{CgroupAttachMode, SkMsg, SockOps},
     Ebpf,
 };
 use tracer_common::{
@@ -19,7 +18,7 @@ use tracer_common::{
     PROG_SOCK_OPS, PROG_TLS_SERVER_CTX, TAIL_SERVER_CTX,
 };
 
-use super::{program, BpfError};
+use super::{program, tails, BpfError};
 
 /// The first cgroup v2 mount point in a mountinfo text (field 5 is the
 /// mount point; the filesystem type follows the ` - ` separator).
@@ -78,24 +77,10 @@ pub fn cgroup_dir(given: Option<&Path>) -> Result<PathBuf, BpfError> {
     cgroup2_mount(&info).ok_or(BpfError::NoCgroup2)
 }
 
-/// `bpf_loop`, which the SERVER-context reader and the injector's head
-/// scan are built on, came in Linux 5.17.
-const BPF_LOOP_SINCE: (u8, u8) = (5, 17);
-
 /// Whether this kernel can run the injection programs at all, and if not,
-/// why. (Distribution kernels may backport `bpf_loop`; a load that fails
-/// anyway is reported with the verifier's reason.)
+/// why.
 pub fn supported() -> Result<(), BpfError> {
-    let Ok(v) = KernelVersion::current() else {
-        return Ok(());
-    };
-    if v < KernelVersion::new(BPF_LOOP_SINCE.0, BPF_LOOP_SINCE.1, 0) {
-        return Err(BpfError::Unsupported(format!(
-            "needs bpf_loop (Linux >= {}.{}); this kernel is {v}",
-            BPF_LOOP_SINCE.0, BPF_LOOP_SINCE.1
-        )));
-    }
-    Ok(())
+    tails::bpf_loop_supported()
 }
 
 /// Loads and attaches the injection programs; their links live as long as
@@ -105,15 +90,7 @@ pub fn supported() -> Result<(), BpfError> {
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
     supported()?;
     for name in [PROG_SERVER_CTX, PROG_TLS_SERVER_CTX] {
-        let prog = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram(name))?;
-        match prog {
-            Program::TracePoint(p) => p.load(),
-            Program::UProbe(p) => p.load(),
-            _ => return Err(BpfError::MissingProgram(name)),
-        }
-        .map_err(BpfError::program(name))?;
+        tails::load(ebpf, name)?;
     }
     let inject: &mut SkMsg = program(ebpf, PROG_INJECT)?;
     inject.load().map_err(BpfError::program(PROG_INJECT))?;
@@ -126,9 +103,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
         // Nothing may stay half-attached: the tail calls would produce
         // SERVER contexts for an injector that is not there.
         for map in [MAP_TAIL_PROGS, MAP_TLS_TAIL_PROGS] {
-            if let Some(Ok(mut tails)) = ebpf.map_mut(map).map(ProgramArray::try_from) {
-                let _ = tails.clear_index(&TAIL_SERVER_CTX);
-            }
+            tails::clear(ebpf, map, TAIL_SERVER_CTX);
         }
     }
     res
@@ -137,8 +112,13 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
 fn attach_loaded(ebpf: &mut Ebpf, cgroup: File) -> Result<(), BpfError> {
     // 1. The SERVER-context reader, tail-called by the capture hook, and
     // its kprobe-type twin for the TLS return probe.
-    set_tail(ebpf, PROG_SERVER_CTX, MAP_TAIL_PROGS)?;
-    set_tail(ebpf, PROG_TLS_SERVER_CTX, MAP_TLS_TAIL_PROGS)?;
+    tails::set(ebpf, PROG_SERVER_CTX, MAP_TAIL_PROGS, TAIL_SERVER_CTX)?;
+    tails::set(
+        ebpf,
+        PROG_TLS_SERVER_CTX,
+        MAP_TLS_TAIL_PROGS,
+        TAIL_SERVER_CTX,
+    )?;
 
     // 2. The injector on the sockhash (before sockets can enter it).
     let socks: SockHash<_, SockKey> =
@@ -156,23 +136,6 @@ fn attach_loaded(ebpf: &mut Ebpf, cgroup: File) -> Result<(), BpfError> {
     ops.attach(cgroup, CgroupAttachMode::Single)
         .map_err(BpfError::program(PROG_SOCK_OPS))?;
     Ok(())
-}
-
-/// Puts loaded program `name` at [`TAIL_SERVER_CTX`] in the tail-call map
-/// `map`.
-fn set_tail(ebpf: &mut Ebpf, name: &'static str, map: &'static str) -> Result<(), BpfError> {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(BpfError::MissingProgram(name))?;
-    let fd = prog
-        .fd()
-        .map_err(BpfError::program(name))?
-        .try_clone()
-        .map_err(BpfError::Fd)?;
-    let map_err = BpfError::map(map);
-    let mut tails = ProgramArray::try_from(ebpf.map_mut(map).ok_or(BpfError::MissingMap(map))?)
-        .map_err(map_err)?;
-    tails.set(TAIL_SERVER_CTX, &fd, 0).map_err(map_err)
 }
 
 #[cfg(test)]

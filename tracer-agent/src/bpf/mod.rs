@@ -1,12 +1,15 @@
 //! Everything that talks to the kernel programs through aya: loading and
-//! attaching them ([`loader`], [`injection`]), draining and recording the
+//! attaching them ([`loader`], [`injection`], [`h2walk`], with the
+//! tail-call tables in [`tails`]), draining and recording the
 //! ring ([`ring`], [`recording`]) and the maps the pipeline writes or reads
 //! ([`kernel`]). One error type and one program lookup serve all.
+pub mod h2walk;
 pub mod injection;
 pub mod kernel;
 pub mod loader;
 pub mod recording;
 pub mod ring;
+pub mod tails;
 
 use std::path::PathBuf;
 

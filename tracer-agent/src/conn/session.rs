@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use tracer_common::{DataHeader, DIR_INGRESS};
 
+use super::segments::{for_each_piece, Piece};
 use crate::metadata::conn::{ConnMeta, Role};
 use crate::{
     protocols::{
-        http1::Http1, Chunk, ContextChooser, Protocol, ProtocolKind, Record, Side, Stitch,
+        http1::Http1, http2::Http2, Chunk, ContextChooser, Protocol, ProtocolKind, Record, Side,
+        Stitch, Upgrade,
     },
     telemetry::Counters,
     trace::task::TaskId,
@@ -21,6 +23,7 @@ use crate::{
 #[derive(Debug)]
 enum State {
     Http1(Box<Http1>),
+    Http2(Box<Http2>),
     /// Not (or no longer) a protocol the agent parses: bytes are dropped.
     /// An HTTP/1 upgrade (h2c, WebSocket) or CONNECT tunnel ends here
     /// until the agent parses what follows.
@@ -31,6 +34,7 @@ impl State {
     fn protocol(&mut self) -> Option<&mut dyn Protocol> {
         match self {
             State::Http1(p) => Some(p.as_mut()),
+            State::Http2(p) => Some(p.as_mut()),
             State::Opaque => None,
         }
     }
@@ -41,17 +45,22 @@ pub struct Session {
     meta: Arc<ConnMeta>,
     state: State,
     last_ts: u64,
+    trace_names: Arc<[String]>,
 }
 
 impl Session {
     pub fn new(meta: ConnMeta, kind: ProtocolKind, trace_names: Arc<[String]>) -> Self {
         let state = match kind {
-            ProtocolKind::Http1 => State::Http1(Box::new(Http1::new(trace_names))),
+            ProtocolKind::Http1 => State::Http1(Box::new(Http1::new(trace_names.clone()))),
+            ProtocolKind::Http2 => {
+                State::Http2(Box::new(Http2::new(trace_names.clone(), meta.joined)))
+            }
         };
         Self {
             meta: Arc::new(meta),
             state,
             last_ts: 0,
+            trace_names,
         }
     }
 
@@ -68,6 +77,7 @@ impl Session {
     pub fn buffered(&self) -> usize {
         match &self.state {
             State::Http1(p) => p.buffered(),
+            State::Http2(p) => p.buffered(),
             State::Opaque => 0,
         }
     }
@@ -91,16 +101,10 @@ impl Session {
     ) {
         self.last_ts = hdr.ts;
         let ingress = hdr.direction == DIR_INGRESS;
-        let chunk = Chunk {
-            side: if ingress == (self.meta.role == Role::Server) {
-                Side::Request
-            } else {
-                Side::Response
-            },
-            bytes: payload,
-            gap: u64::from(hdr.total_len.saturating_sub(hdr.captured_len)),
-            ts: hdr.ts,
-            task: TaskId::thread(hdr.tgid, hdr.tid),
+        let side = if ingress == (self.meta.role == Role::Server) {
+            Side::Request
+        } else {
+            Side::Response
         };
         let mut cx = Stitch {
             conn: &self.meta,
@@ -115,10 +119,44 @@ impl Session {
             Counters::inc(&counters.seq_gaps);
             p.on_lost(&mut cx);
         }
-        p.on_chunk(&chunk, ids, &mut cx);
+        let mut first = true;
+        let ok = for_each_piece(hdr, payload, |piece: Piece<'_>| {
+            let chunk = Chunk {
+                side,
+                bytes: piece.bytes,
+                gap: piece.gap,
+                ts: hdr.ts,
+                task: TaskId::thread(hdr.tgid, hdr.tid),
+                starts_syscall: first || piece.frame_start,
+            };
+            first = false;
+            p.on_chunk(&chunk, ids, &mut cx);
+        });
+        if !ok {
+            Counters::inc(&counters.decode_errors);
+        }
         if p.switched() {
             Counters::inc(&counters.protocol_switches);
-            self.state = State::Opaque;
+            self.state = match p.take_upgrade() {
+                Some(Upgrade::H2c(mut req)) => {
+                    let rest = std::mem::take(&mut req.leftover);
+                    let gap = req.leftover_gap;
+                    let mut h2 = Box::new(Http2::upgraded(self.trace_names.clone(), req));
+                    if !rest.is_empty() || gap > 0 {
+                        let chunk = Chunk {
+                            side: Side::Response,
+                            bytes: &rest,
+                            gap,
+                            ts: hdr.ts,
+                            task: TaskId::thread(hdr.tgid, hdr.tid),
+                            starts_syscall: false,
+                        };
+                        h2.on_chunk(&chunk, ids, &mut cx);
+                    }
+                    State::Http2(h2)
+                }
+                None => State::Opaque,
+            };
         }
     }
 
@@ -198,6 +236,7 @@ mod tests {
         fn http(&self, i: usize) -> &HttpExchange {
             match &self.out[i].message {
                 Message::Http(h) => h,
+                Message::Grpc(g) => panic!("not HTTP: {g:?}"),
             }
         }
     }
@@ -291,9 +330,9 @@ mod tests {
     #[test]
     fn upgrade_switches_the_session_off_http1() {
         let mut f = Feed::new(Role::Server);
-        let req = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        let req = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
         f.send(DIR_INGRESS, req, req.len() as u32);
-        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n";
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
         f.send(DIR_EGRESS, resp, resp.len() as u32);
         assert_eq!(f.out.len(), 1);
         assert_eq!(f.http(0).status, 101);
@@ -303,5 +342,38 @@ mod tests {
         f.send(DIR_EGRESS, b"HTTP/1.1 200 OK\r\n\r\n", 19);
         assert_eq!(f.out.len(), 1);
         assert_eq!(f.session.buffered(), 0);
+    }
+
+    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        v.extend_from_slice(&stream.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn h2c_upgrade_continues_the_request_as_stream_1() {
+        let mut f = Feed::new(Role::Server);
+        let req = b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+        f.send(DIR_INGRESS, req, req.len() as u32);
+        let resp =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        f.send(DIR_EGRESS, resp, resp.len() as u32);
+        // No 101 span: the real response comes on stream 1.
+        assert!(f.out.is_empty());
+        let mut preface = crate::protocols::http2::frame::PREFACE.to_vec();
+        preface.extend(h2_frame(4, 0, 0, &[]));
+        f.send(DIR_INGRESS, &preface, preface.len() as u32);
+        let mut enc = loona_hpack::Encoder::new();
+        let block = enc.encode([(&b":status"[..], &b"204"[..])]);
+        let mut out = h2_frame(4, 0, 0, &[]);
+        out.extend(h2_frame(1, 0x4 | 0x1, 1, &block));
+        f.send(DIR_EGRESS, &out, out.len() as u32);
+        assert_eq!(f.out.len(), 1);
+        let h = f.http(0);
+        assert_eq!((h.target.as_str(), h.status, h.version), ("/up", 204, "2"));
+        assert_eq!(h.host.as_deref(), Some("h"));
+        assert_eq!(load(&f.counters.protocol_switches), 1);
     }
 }

@@ -40,6 +40,9 @@ pub struct ConnMeta {
     /// The socket's inode, when the agent could look: fds that share it
     /// (dup'ed, inherited) are one connection.
     pub socket: Option<u64>,
+    /// First seen by its bytes rather than at accept/connect: it was
+    /// already running when the agent joined it.
+    pub joined: bool,
 }
 
 impl ConnMeta {
@@ -61,6 +64,7 @@ impl ConnMeta {
             peer_ip: peer.map(|p| Arc::from(p.ip().to_string())),
             tls: false,
             socket: None,
+            joined: false,
         }
     }
 }

@@ -5,8 +5,8 @@
 use thiserror::Error;
 use tracer_common::{
     ConnCloseEvent, ConnOpenEvent, DataHeader, ProcEvent, TlsSeenEvent, TraceCtxEvent,
-    EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC, EVENT_INJECTED,
-    EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
+    DATA_FLAG_SEGMENTS, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC,
+    EVENT_INJECTED, EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -59,7 +59,13 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             let start = std::mem::size_of::<DataHeader>();
             let claimed = hdr.captured_len as usize;
             let have = buf.len() - start;
-            if claimed > have || claimed > MAX_CAPTURE || claimed > hdr.total_len as usize {
+            // A segmented payload carries 8-byte segment headers, so it may
+            // be longer than the bytes the syscall moved; a plain one not.
+            let segmented = hdr.flags & DATA_FLAG_SEGMENTS != 0;
+            if claimed > have
+                || claimed > MAX_CAPTURE
+                || (!segmented && claimed > hdr.total_len as usize)
+            {
                 return Err(DecodeError::BadPayloadLength { claimed, have });
             }
             Ok(Event::Data(hdr, &buf[start..start + claimed]))

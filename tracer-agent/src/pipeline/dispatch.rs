@@ -162,6 +162,7 @@ impl Pipeline {
         );
         meta.tls = ev.tls != 0;
         meta.socket = socket;
+        meta.joined = ev.origin == ORIGIN_INFERRED;
         self.conns.open(meta, kind, &mut self.done, &self.counters);
     }
 

@@ -8,10 +8,11 @@
 //! Parsers are pure functions of bytes: no aya, no I/O, so they are
 //! unit-tested on split, truncated and malformed input.
 pub mod http1;
+pub mod http2;
 
 use std::sync::Arc;
 
-use tracer_common::PROTO_HTTP1;
+use tracer_common::{PROTO_HTTP1, PROTO_HTTP2};
 
 pub use crate::trace::{ContextChooser, RequestStart};
 use crate::{
@@ -24,6 +25,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtocolKind {
     Http1,
+    Http2,
 }
 
 impl ProtocolKind {
@@ -32,7 +34,7 @@ impl ProtocolKind {
     pub fn from_kernel(proto: u8) -> Option<Self> {
         match proto {
             PROTO_HTTP1 => Some(Self::Http1),
-            // HTTP/2 is classified in the kernel but not parsed yet.
+            PROTO_HTTP2 => Some(Self::Http2),
             _ => None,
         }
     }
@@ -56,12 +58,18 @@ pub struct Chunk<'a> {
     pub ts: u64,
     /// Who made the syscall.
     pub task: TaskId,
+    /// `bytes` start the syscall's data (which may come in several
+    /// pieces, with gaps between them), or start where the kernel saw an
+    /// HTTP/2 frame header: where a parser that lost its framing may
+    /// look for it again.
+    pub starts_syscall: bool,
 }
 
 /// What a request and its response were, protocol-neutrally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Http(HttpExchange),
+    Grpc(GrpcCall),
 }
 
 /// An HTTP request and its response, whatever the wire version.
@@ -75,7 +83,29 @@ pub struct HttpExchange {
     /// Host header or `:authority`.
     pub host: Option<String>,
     pub user_agent: Option<String>,
+    /// 0 when the response never came (HTTP/2 stream reset first).
     pub status: u16,
+    /// HTTP/2: the stream was ended by RST_STREAM with this error code.
+    pub reset: Option<u32>,
+    /// HTTP/2: some header fields were unknown (HPACK entries from before
+    /// the agent joined the connection), so method or path may be missing.
+    pub headers_unknown: bool,
+}
+
+/// A gRPC call (unary or streaming): one HTTP/2 stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// `:path`, `/package.Service/Method`.
+    pub path: Option<String>,
+    pub authority: Option<String>,
+    pub user_agent: Option<String>,
+    pub http_status: Option<u16>,
+    /// `grpc-status` from the trailers (or a trailers-only response).
+    pub status: Option<u32>,
+    /// The stream was ended by RST_STREAM with this error code.
+    pub reset: Option<u32>,
+    /// Some header fields were unknown (joined mid-connection).
+    pub headers_unknown: bool,
 }
 
 /// A completed request/response pair.
@@ -119,6 +149,35 @@ pub trait Protocol {
     /// The connection stopped speaking this protocol (an upgrade or a
     /// tunnel); the session takes over.
     fn switched(&self) -> bool;
+    /// After [`Protocol::switched`]: the protocol the connection switched
+    /// to, if the agent parses it, with what carries over.
+    fn take_upgrade(&mut self) -> Option<Upgrade> {
+        None
+    }
+}
+
+/// A switch to a protocol the agent parses.
+#[derive(Debug)]
+pub enum Upgrade {
+    /// `Upgrade: h2c` answered by 101: HTTP/2 follows, and the request
+    /// that asked is its stream 1 (RFC 7540 §3.2).
+    H2c(UpgradedRequest),
+}
+
+/// The HTTP/1 request an upgrade carries over.
+#[derive(Debug)]
+pub struct UpgradedRequest {
+    pub method: String,
+    pub target: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub start_ts: u64,
+    pub task: TaskId,
+    pub ids: SpanIds,
+    /// Response-side bytes that followed the 101 in the same write (the
+    /// server's first HTTP/2 frames), and the gap after them.
+    pub leftover: Vec<u8>,
+    pub leftover_gap: u64,
 }
 
 /// Helpers for unit tests of the protocol and connection layers.

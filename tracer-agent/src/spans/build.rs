@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{clock::Clock, http, AttrValue, Span, SpanKind, StatusCode};
+use super::{clock::Clock, http, rpc, AttrValue, Span, SpanKind, StatusCode};
 use crate::{
     metadata::conn::Role,
     metadata::process::Process,
@@ -25,6 +25,10 @@ impl SpanBuilder {
         let (name, mut attributes, error) = match &r.message {
             Message::Http(ex) => {
                 let h = http::map(ex, &r.conn, kind);
+                (h.name, h.attributes, h.error)
+            }
+            Message::Grpc(call) => {
+                let h = rpc::map(call, &r.conn, kind);
                 (h.name, h.attributes, h.error)
             }
         };
@@ -89,6 +93,8 @@ mod tests {
                 host: host.map(str::to_owned),
                 user_agent: Some("ua/1".into()),
                 status,
+                reset: None,
+                headers_unknown: false,
             }),
         }
     }

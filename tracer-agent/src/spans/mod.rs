@@ -5,6 +5,7 @@ pub mod build;
 pub mod clock;
 pub mod http;
 pub mod route;
+pub mod rpc;
 
 use std::sync::Arc;
 

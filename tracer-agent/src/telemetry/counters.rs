@@ -95,6 +95,25 @@ registry! {
         /// Connections that switched to a protocol the agent does not parse
         /// (an HTTP/1 upgrade, CONNECT tunnel): followed no further.
         protocol_switches,
+        /// HTTP/2 streams dropped because too many were open on one
+        /// connection.
+        h2_streams_evicted,
+        /// HTTP/2 streams ended by RST_STREAM.
+        h2_streams_reset,
+        /// HTTP/2 streams above a GOAWAY's last stream id: never processed,
+        /// so no span.
+        h2_streams_refused,
+        /// Times an HTTP/2 direction lost its framing (bytes outside a DATA
+        /// payload were not captured, or events were lost).
+        h2_framing_lost,
+        /// HTTP/2 header blocks not decoded (too large, cut or malformed):
+        /// that direction's HPACK table is forgotten and resynchronises.
+        h2_header_blocks_dropped,
+        /// HPACK fields whose name was unknown (indexed before the agent
+        /// joined the connection): never guessed.
+        h2_unknown_header_fields,
+        /// HPACK table sizes asked for above the agent's cap (capped).
+        h2_table_size_capped,
         /// Spans produced.
         spans,
         /// Spans dropped because the output queue was full.

@@ -11,14 +11,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    conn_key, ConnState, FAMILY_INET, FAMILY_INET6, ORIGIN_ACCEPT, ORIGIN_CONNECT, PROTO_UNKNOWN,
-    ROLE_CLIENT, ROLE_SERVER, STAT_CONN_INSERT_FAILED,
+    conn_key, ConnState, FAMILY_INET, FAMILY_INET6, ORIGIN_ACCEPT, ORIGIN_CONNECT, PROTO_HTTP1,
+    PROTO_HTTP2, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, SRC_SENDFILE, STAT_CONN_INSERT_FAILED,
 };
 
 use super::{
     context::server_context,
     ctx_nr, ctx_u64,
-    data::{fill_scratch, is_ingress, on_data},
+    data::{fill_scratch, is_ingress, on_data, starts_h2_preface, upgrade_to_h2},
+    h2::walk_tail,
     tls::{inside_tls_call, note_read},
     CALL_ACCEPT, CALL_CONNECT, OFF_RET,
 };
@@ -74,9 +75,16 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
             let Some(target) = on_data(ctx, pid_tgid, &call, ret as u64) else {
                 return Ok(());
             };
+            if target.proto == PROTO_HTTP2 && call.kind != SRC_SENDFILE {
+                // Returns only if the frame walker is not loaded.
+                walk_tail(ctx, &TAIL_PROGS, pid_tgid, &call, ret as u64, &target);
+            }
             let Some(scratch) = fill_scratch(pid_tgid, &call, ret as u64, &target) else {
                 return Ok(());
             };
+            if target.proto == PROTO_HTTP1 && starts_h2_preface(scratch) {
+                upgrade_to_h2(target.key);
+            }
             server_context(ctx, &TAIL_PROGS, pid_tgid, &target, scratch);
             output_scratch(scratch);
         }

@@ -13,14 +13,14 @@ use aya_log_ebpf::debug;
 use tracer_common::{
     conn_key, ConnState, DataHeader, DataScratch, DATA_FLAG_GAP, DATA_FLAG_TRUNCATED, DIR_EGRESS,
     DIR_INGRESS, EVENT_DATA, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_INFERRED,
-    PROTO_HTTP1, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, SRC_READ, SRC_READV,
-    SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO, SRC_SSL_READ, SRC_SSL_WRITE,
-    SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
+    PROTO_HTTP1, PROTO_HTTP2, PROTO_IGNORED, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, SRC_READ,
+    SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO, SRC_SSL_READ,
+    SRC_SSL_WRITE, SRC_WRITE, SRC_WRITEV, STAT_CONNS_HTTP, STAT_CONNS_IGNORED, STAT_CONNS_INFERRED,
     STAT_CONN_INSERT_FAILED, STAT_READ_FAILED, STAT_TRUNCATED, TLS_PLAINTEXT,
 };
 
 use crate::{
-    classify::{classify, Class},
+    classify::{classify, Class, PEEK},
     emit::{emit_open, emit_tls_seen},
     maps::{bump, config, PendingCall, CONNS, SCRATCH},
 };
@@ -46,10 +46,22 @@ struct MsgHdr {
 
 /// Where a data event goes.
 pub struct DataTarget {
+    /// `CONNS` key of the connection.
+    pub key: u64,
+    /// The connection's `PROTO_*`.
+    pub proto: u8,
     pub conn_id: u64,
     pub seq: u32,
     pub server: bool,
     pub ingress: bool,
+}
+
+/// The iovec array and count of a `recvmsg`/`sendmsg` call.
+#[inline(always)]
+pub fn msg_iov(call: &PendingCall) -> Option<(u64, u64)> {
+    // SAFETY: bpf_probe_read_user checks the user pointer.
+    let msg = unsafe { bpf_probe_read_user(call.ptr as *const MsgHdr) }.ok()?;
+    Some((msg.iov, msg.iovlen))
 }
 
 /// First segment of the payload: pointer and length.
@@ -88,31 +100,46 @@ pub fn is_ingress(kind: u8) -> bool {
     )
 }
 
-/// The first 8 payload bytes (fewer cannot be told apart reliably); all
-/// zero when they cannot be read, which classifies as nothing. (Not an
-/// `Option`: LLVM then leaves the bytes unset on the failure path, which
-/// the verifier refuses.)
+/// The first [`PEEK`] payload bytes, or the first 8 when fewer came
+/// (fewer cannot be told apart reliably); zero where not read, which
+/// classifies as nothing. (Not an `Option`: LLVM then leaves the bytes
+/// unset on the failure path, which the verifier refuses.) Also returns
+/// how many bytes the classifier may trust.
 #[inline(always)]
-fn peek(call: &PendingCall, ret: u64) -> [u8; 8] {
+fn peek(call: &PendingCall, ret: u64) -> ([u8; PEEK], u64) {
+    let mut b = [0u8; PEEK];
     let Some((ptr, len)) = first_segment(call) else {
-        return [0; 8];
+        return (b, 0);
     };
-    if len < 8 || ret < 8 {
-        return [0; 8];
+    let n = if len < ret { len } else { ret };
+    if n < 8 {
+        return (b, 0);
     }
-    // SAFETY: bpf_probe_read_user checks the user pointer.
-    unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }.unwrap_or([0; 8])
+    let n = if n > PEEK as u64 { PEEK as u64 } else { n };
+    // SAFETY: `n` is 8..=PEEK, the size of `b`; the helper checks `ptr`.
+    let rc = unsafe {
+        probe_read_user_raw(
+            b.as_mut_ptr().cast(),
+            n as u32,
+            ptr as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        return ([0; PEEK], 0);
+    }
+    (b, n)
 }
 
-/// Reads the first 8 payload bytes and classifies them.
+/// Reads the first payload bytes and classifies them.
 #[inline(always)]
-fn peek_class(call: &PendingCall, ret: u64) -> Option<Class> {
-    classify(&peek(call, ret))
+fn peek_class(call: &PendingCall, ret: u64, tracked: bool) -> Option<Class> {
+    let (head, n) = peek(call, ret);
+    classify(&head, n, tracked)
 }
 
 /// A TLS record header carrying a handshake (`0x16 0x03 0x0?`).
 #[inline(always)]
-fn is_tls_handshake(head: &[u8; 8]) -> bool {
+fn is_tls_handshake(head: &[u8; PEEK]) -> bool {
     head[0] == 0x16 && head[1] == 0x03 && head[2] <= 0x04
 }
 
@@ -136,7 +163,7 @@ pub fn on_data<C: EbpfContext>(
             // agent, or an fd that is not a socket at all. Only bytes that
             // look like HTTP start tracking; the agent then checks the fd
             // really is a socket and vetoes it otherwise.
-            let class = peek_class(call, ret)?;
+            let class = peek_class(call, ret, false)?;
             let now = unsafe { bpf_ktime_get_ns() };
             let role = if class.is_request == ingress {
                 ROLE_SERVER
@@ -183,8 +210,8 @@ pub fn on_data<C: EbpfContext>(
         if call.kind == SRC_SENDFILE {
             return None;
         }
-        let head = peek(call, ret);
-        match classify(&head) {
+        let (head, n) = peek(call, ret);
+        match classify(&head, n, true) {
             Some(class) => {
                 st.proto = class.proto;
                 bump(STAT_CONNS_HTTP);
@@ -210,6 +237,8 @@ pub fn on_data<C: EbpfContext>(
     let seq = st.seq;
     st.seq = seq.wrapping_add(1);
     Some(DataTarget {
+        key,
+        proto: st.proto,
         conn_id: st.conn_id,
         seq,
         server: st.role == ROLE_SERVER,
@@ -356,7 +385,23 @@ pub fn starts_request(scratch: &DataScratch) -> bool {
     if scratch.header.captured_len < 16 {
         return false;
     }
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&scratch.data[..8]);
-    matches!(classify(&head), Some(c) if c.is_request && c.proto == PROTO_HTTP1)
+    let mut head = [0u8; PEEK];
+    head[..8].copy_from_slice(&scratch.data[..8]);
+    matches!(classify(&head, 8, true), Some(c) if c.is_request && c.proto == PROTO_HTTP1)
+}
+
+/// Switches an HTTP/1 connection to HTTP/2 (its next calls are walked).
+#[inline(always)]
+pub fn upgrade_to_h2(key: u64) {
+    if let Some(st) = CONNS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer from a successful lookup.
+        unsafe { (*st).proto = PROTO_HTTP2 };
+    }
+}
+
+/// The captured bytes start with the HTTP/2 client preface: an HTTP/1
+/// connection upgraded to h2c (RFC 7540 §3.2) speaks HTTP/2 from here.
+#[inline(always)]
+pub fn starts_h2_preface(scratch: &DataScratch) -> bool {
+    scratch.header.captured_len >= 8 && scratch.data[..8] == *b"PRI * HT"
 }

@@ -33,7 +33,7 @@ use tracer_common::{
 
 use super::context::{random_span_id, random_trace_id};
 use crate::{
-    classify::classify,
+    classify::{classify, PEEK},
     emit::output_ctx,
     maps::{
         bump, config, SockState, INJECT_LINE_MAX, INJECT_SCRATCH, PID_FILTER, SOCKS, SOCK_STATE,
@@ -228,9 +228,10 @@ fn on_request_boundary(ctx: &SkMsgContext, pid_tgid: u64) -> Result<(), u32> {
     if rc != 0 {
         return Err(MODE_OFF);
     }
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&sc.data[..8]);
-    match classify(&head) {
+    let mut head = [0u8; PEEK];
+    head[..8].copy_from_slice(&sc.data[..8]);
+    // Eight bytes tell an HTTP/1 request; the HTTP/2 checks need more.
+    match classify(&head, 8, true) {
         Some(c) if c.is_request && c.proto == PROTO_HTTP1 => {}
         // Not HTTP/1 (TLS, HTTP/2, a database...): leave it alone.
         _ => return Err(MODE_OFF),

@@ -4,6 +4,7 @@ pub mod capture;
 pub mod context;
 pub mod data;
 pub mod fds;
+pub mod h2;
 pub mod inject;
 pub mod lifecycle;
 pub mod syscalls;

@@ -62,10 +62,17 @@ pub(super) fn tls_url() -> String {
     format!("https://127.0.0.1:{TLS_PORT}/bench")
 }
 
+/// nginx's HTTP/2 listener (h2c, prior knowledge).
+const H2_PORT: u16 = 18_082;
+
+pub(super) fn h2_url() -> String {
+    format!("http://127.0.0.1:{H2_PORT}/bench")
+}
+
 pub(super) fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Guard> {
     // Another server on these ports (a leftover of an interrupted run)
     // would be measured instead of ours: refuse.
-    for p in [port, TLS_PORT] {
+    for p in [port, TLS_PORT, H2_PORT] {
         if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
             bail!("port {p} on 127.0.0.1 is in use: stop whatever listens there first");
         }
@@ -94,7 +101,7 @@ error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
 http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n\
   proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
   scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n\
-    listen 127.0.0.1:{TLS_PORT} ssl;\n    ssl_certificate {d}/cert.pem;\n\
+    listen 127.0.0.1:{TLS_PORT} ssl;\n    listen 127.0.0.1:{H2_PORT} http2;\n    ssl_certificate {d}/cert.pem;\n\
     ssl_certificate_key {d}/key.pem;\n\
     location / {{ return 200 \"hello\\n\"; }}\n  }}\n}}\n"
     );

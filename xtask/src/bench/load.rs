@@ -141,3 +141,63 @@ pub(super) fn wrk(url: &str, dur: Duration) -> anyhow::Result<(f64, u64)> {
         .unwrap_or(0);
     Ok((rps, total))
 }
+
+/// What one h2load run measured.
+#[derive(Clone)]
+pub(super) struct H2Result {
+    pub(super) succeeded: u64,
+    pub(super) rps: f64,
+    pub(super) p99_us: f64,
+}
+
+/// h2load (nghttp2) against `url` for `dur`: 10 connections of 10
+/// concurrent streams each, at `rate` streams/s in all (or as fast as it
+/// goes). p99 comes from its per-request log (`--log-file`: start time,
+/// status, elapsed µs).
+pub(super) fn h2load(
+    url: &str,
+    rate: Option<u64>,
+    dur: Duration,
+    log: &std::path::Path,
+) -> anyhow::Result<H2Result> {
+    const CLIENTS: u64 = 10;
+    let mut c = Command::new("h2load");
+    c.args(["-c", &CLIENTS.to_string(), "-m", "10", "-D"])
+        .arg(dur.as_secs().to_string())
+        .arg(format!("--log-file={}", log.display()));
+    if let Some(r) = rate {
+        c.arg(format!("--rps={}", (r / CLIENTS).max(1)));
+    }
+    let out = c
+        .arg(url)
+        .output()
+        .context("running h2load (cargo xtask setup installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "requests: 50000 total, 50000 started, 50000 done, 49990 succeeded, ..."
+    let succeeded = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find_map(|p| p.strip_suffix(" succeeded")))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no request count in h2load output:\n{text}"))?;
+    // "finished in 5.00s, 9998.40 req/s, ..."
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.strip_suffix(" req/s"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    let mut lat: Vec<u64> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .map(|us| us * 1000)
+        .collect();
+    lat.sort_unstable();
+    Ok(H2Result {
+        succeeded,
+        rps,
+        p99_us: percentile(&lat, 0.99),
+    })
+}

@@ -6,6 +6,8 @@
 //!   *scheduled* send time, so a stall is not hidden (no coordinated
 //!   omission).
 //! - Saturation: wrk, requests per second.
+//! - HTTP/2: h2load against nginx's h2c listener, at a fixed rate of
+//!   streams (captured vs completed, p99) and at saturation.
 //! - Agent CPU (utime+stime from /proc) and peak RSS (VmHWM).
 //! - BPF run time per program (`kernel.bpf_stats_enabled`, bpftool).
 //! - Spans produced vs requests completed, and ring-buffer drops (from the
@@ -26,10 +28,10 @@ use anyhow::{bail, Context as _};
 
 use crate::{tasks, util::is_root};
 use env::{
-    bpf_prog_stats, clk_tck, proc_usage, start_agent, start_nginx, summary_counter,
+    bpf_prog_stats, clk_tck, h2_url, proc_usage, start_agent, start_nginx, summary_counter,
     sysctl_bpf_stats, tls_url,
 };
-use load::{fixed_rate, saturate, wrk, LoadResult};
+use load::{fixed_rate, h2load, saturate, wrk, H2Result, LoadResult};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -72,6 +74,19 @@ struct OnPhase {
     spans_dropped: u64,
     /// Requests the kernel injected a traceparent into.
     injected: u64,
+    /// HTTP/2 at the fixed rate, the SERVER spans it gave, and h2load at
+    /// saturation (streams/s).
+    h2: H2Result,
+    h2_spans: u64,
+    h2_sat_rps: f64,
+}
+
+/// The HTTP/2 phase, shared by off and on: fixed rate, then saturation.
+fn h2_phase(rate: u64, dur: Duration, dir: &Path) -> anyhow::Result<(H2Result, f64)> {
+    let log = dir.join("h2load.log");
+    let fixed = h2load(&h2_url(), Some(rate), dur, &log)?;
+    let sat = h2load(&h2_url(), None, dur, &log)?;
+    Ok((fixed, sat.rps))
 }
 
 fn on_phase(
@@ -81,6 +96,7 @@ fn on_phase(
     dur: Duration,
     tck: f64,
     inject: bool,
+    dir: &Path,
 ) -> anyhow::Result<OnPhase> {
     let agent = start_agent(bin, a.agent_nice, inject)?;
     let apid = agent.child.0.id();
@@ -105,6 +121,12 @@ fn on_phase(
     let (tls_rps, tls_requests) = wrk(&tls_url(), dur)?;
     thread::sleep(Duration::from_millis(500));
     let tls_spans = agent.server_spans.load(Ordering::Relaxed) - spans_before;
+    let h2_before = agent.server_spans.load(Ordering::Relaxed);
+    let log = dir.join("h2load.log");
+    let h2 = h2load(&h2_url(), Some(a.rate), dur, &log)?;
+    thread::sleep(Duration::from_millis(500));
+    let h2_spans = agent.server_spans.load(Ordering::Relaxed) - h2_before;
+    let h2_sat_rps = h2load(&h2_url(), None, dur, &log)?.rps;
     // SIGINT: the agent prints its counter summary on the way out.
     let _ = Command::new("kill")
         .args(["-INT", &apid.to_string()])
@@ -144,6 +166,9 @@ fn on_phase(
         ringbuf_drops: summary_counter(summary, "ringbuf_drops"),
         spans_dropped: summary_counter(summary, "spans_dropped"),
         injected: summary_counter(summary, "injected"),
+        h2,
+        h2_spans,
+        h2_sat_rps,
     })
 }
 
@@ -167,6 +192,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let mut off = Vec::new();
     let mut off_sat = Vec::new();
     let mut off_tls = Vec::new();
+    let mut off_h2 = Vec::new();
     let mut on = Vec::new();
     let mut inj = Vec::new();
     for round in 1..=a.rounds {
@@ -174,20 +200,21 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         off.push(fixed_rate(port, a.rate, a.connections, dur));
         off_sat.push(saturate(port, dur)?);
         off_tls.push(wrk(&tls_url(), dur)?.0);
+        off_h2.push(h2_phase(a.rate, dur, &dir)?);
         eprintln!("round {round}/{}: tracer ON", a.rounds);
-        on.push(on_phase(&bin, port, a, dur, tck, false)?);
+        on.push(on_phase(&bin, port, a, dur, tck, false, &dir)?);
         eprintln!(
             "round {round}/{}: tracer ON + --inject-context on",
             a.rounds
         );
-        inj.push(on_phase(&bin, port, a, dur, tck, true)?);
+        inj.push(on_phase(&bin, port, a, dur, tck, true, &dir)?);
     }
     if let Some(old) = old_stats {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let r = report::render(a, &off, &off_sat, &off_tls, &on, &inj);
+    let r = report::render(a, &off, &off_sat, &off_tls, &off_h2, &on, &inj);
     println!("{r}");
     let report = crate::util::root().join(&a.report);
     if let Some(parent) = report.parent() {

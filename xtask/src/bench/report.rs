@@ -2,7 +2,10 @@
 //! BENCHMARKS.md.
 use std::{fmt::Write as _, thread};
 
-use super::{load::LoadResult, BenchArgs, OnPhase};
+use super::{
+    load::{H2Result, LoadResult},
+    BenchArgs, OnPhase,
+};
 
 /// BPF run counts and times per program, summed over phases.
 fn bpf_totals(phases: &[OnPhase]) -> Vec<(String, u64, u64)> {
@@ -49,6 +52,7 @@ pub(super) fn render(
     off: &[LoadResult],
     off_sat: &[f64],
     off_tls: &[f64],
+    off_h2: &[(H2Result, f64)],
     on: &[OnPhase],
     inj: &[OnPhase],
 ) -> String {
@@ -174,8 +178,59 @@ pub(super) fn render(
         );
     }
     tls_report(&mut r, off_tls, on);
+    h2_report(&mut r, a, off_h2, on);
     inject_report(&mut r, a, off, off_sat, inj);
     r
+}
+
+/// HTTP/2: streams captured at a fixed rate, p99, and saturation.
+fn h2_report(r: &mut String, a: &BenchArgs, off: &[(H2Result, f64)], on: &[OnPhase]) {
+    let off_p99: Vec<f64> = off.iter().map(|(h, _)| h.p99_us).collect();
+    let on_p99: Vec<f64> = on.iter().map(|p| p.h2.p99_us).collect();
+    let off_rps: Vec<f64> = off.iter().map(|(h, _)| h.rps).collect();
+    let on_rps: Vec<f64> = on.iter().map(|p| p.h2.rps).collect();
+    let off_sat: Vec<f64> = off.iter().map(|(_, s)| *s).collect();
+    let on_sat: Vec<f64> = on.iter().map(|p| p.h2_sat_rps).collect();
+    let ratio: Vec<f64> = on_sat.iter().zip(&off_sat).map(|(n, f)| n / f).collect();
+    let done: u64 = on.iter().map(|p| p.h2.succeeded).sum();
+    let spans: u64 = on.iter().map(|p| p.h2_spans).sum();
+    let _ = writeln!(r);
+    let _ = writeln!(
+        r,
+        "| HTTP/2: h2load -c10 -m10 → nginx h2c, {} streams/s | off | on | on − off |",
+        a.rate
+    );
+    let _ = writeln!(r, "|---|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| achieved streams/s | {:.0} | {:.0} | |",
+        median(&off_rps),
+        median(&on_rps)
+    );
+    let _ = writeln!(
+        r,
+        "| p99 latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
+        median(&off_p99),
+        list(&off_p99, 1),
+        median(&on_p99),
+        list(&on_p99, 1),
+        median(&on_p99) - median(&off_p99)
+    );
+    let _ = writeln!(
+        r,
+        "| SERVER spans / streams completed | | {spans} / {done} ({:.1}%) | |",
+        100.0 * spans as f64 / done.max(1) as f64
+    );
+    let _ = writeln!(
+        r,
+        "| saturation streams/s (h2load, no rate) | {:.0} [{}] | {:.0} [{}] | on/off {:.3} [{}] |",
+        median(&off_sat),
+        list(&off_sat, 0),
+        median(&on_sat),
+        list(&on_sat, 0),
+        median(&ratio),
+        list(&ratio, 3)
+    );
 }
 
 /// The same load with context injection on (the load generator's and

@@ -1,5 +1,5 @@
 //! One guest of the matrix: an initramfs of our own (busybox, the agent,
-//! nginx, and the shared libraries they need) booted under qemu (TCG:
+//! nginx, nghttpd and nghttp, and the shared libraries they need) booted under qemu (TCG:
 //! `/dev/kvm` is not usable here), which runs the agent twice (capture;
 //! then with context injection) against nginx and busybox `wget` on the
 //! guest's loopback, and prints the attach report and spans on its
@@ -62,6 +62,7 @@ echo "=== kernel $(uname -r)"
 /nginx/nginx -p /nginx -c /nginx/nginx.conf &
 mkdir -p /www && echo hello > /www/index.html
 httpd -p 127.0.0.1:8081 -h /www
+/h2/nghttpd --no-tls --address=127.0.0.1 -d /www 8082 &
 sleep 1
 phase() {{
   name=$1; shift
@@ -81,6 +82,7 @@ phase() {{
   while [ $n -le {REQUESTS} ]; do
     wget -q -O /dev/null http://127.0.0.1:8080/item/$n
     wget -q -O /dev/null http://127.0.0.1:8081/index.html
+    /h2/nghttp -n http://127.0.0.1:8082/index.html
     n=$((n+1))
   done
   sleep 1
@@ -131,9 +133,14 @@ pub fn build_initramfs(agent: &Path, out: &Path) -> anyhow::Result<()> {
         .or_else(|| Some(PathBuf::from("/bin/busybox")).filter(|p| p.exists()))
         .context("busybox-static is not installed")?;
     let nginx = PathBuf::from("/usr/sbin/nginx");
+    // HTTP/2 (h2c) server and client: nghttp2's own.
+    let h2 = [
+        PathBuf::from("/usr/sbin/nghttpd"),
+        PathBuf::from("/usr/bin/nghttp"),
+    ];
     let root = out.with_extension("root");
     let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "etc", "nginx", "sys/fs/cgroup"] {
+    for d in ["bin", "etc", "nginx", "h2", "sys/fs/cgroup"] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::copy(&busybox, root.join("bin/busybox"))?;
@@ -145,7 +152,12 @@ pub fn build_initramfs(agent: &Path, out: &Path) -> anyhow::Result<()> {
         "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
     )?;
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-    for bin in [agent, nginx.as_path()] {
+    for bin in &h2 {
+        let name = bin.file_name().context("nghttp2 binary name")?;
+        fs::copy(bin, root.join("h2").join(name))
+            .with_context(|| format!("copying {} (apt nghttp2-server/-client)", bin.display()))?;
+    }
+    for bin in [agent, nginx.as_path(), &h2[0], &h2[1]] {
         for lib in libraries(bin)? {
             copy_into(&root, &lib)?;
         }

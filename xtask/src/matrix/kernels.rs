@@ -28,7 +28,8 @@ pub struct KernelSpec {
     /// Which apt to ask: the system's, or a private state for an older
     /// Debian suite (the system's sources stay untouched).
     pub suite: Suite,
-    /// Whether context injection can load there (`bpf_loop`, 5.17).
+    /// `bpf_loop` (5.17) is there: context injection and the HTTP/2
+    /// frame walk must load and work.
     pub injection: bool,
 }
 

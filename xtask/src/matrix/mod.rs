@@ -62,9 +62,11 @@ fn failure(log: &str) -> String {
         .collect()
 }
 
-/// Capture phase: one SERVER span (nginx) and one CLIENT span (wget) per
-/// request, with their attach report.
-fn judge_capture(p: &guest::Phase) -> Verdict {
+/// Capture phase: one SERVER span (nginx, busybox httpd, nghttpd) and one
+/// CLIENT span (wget, nghttp) per request, with their attach report. The
+/// HTTP/2 frame walk must be on where `bpf_loop` is (`h2_walk`), and
+/// HTTP/2 is traced either way.
+fn judge_capture(p: &guest::Phase, h2_walk: bool) -> Verdict {
     if p.exit != Some(0) {
         return Verdict {
             ok: false,
@@ -104,11 +106,35 @@ fn judge_capture(p: &guest::Phase) -> Verdict {
                 .map(|(_, r)| r.trim())
         })
         .unwrap_or("no TLS probes");
-    let ok =
-        servers == guest::REQUESTS && inetd == guest::REQUESTS && clients == 2 * guest::REQUESTS;
+    let h2 = |kind: &str, exe: &str| {
+        p.spans
+            .iter()
+            .filter(|s| is(s, kind, exe) && s["attributes"]["network.protocol.version"] == "2")
+            .filter(|s| s["attributes"]["http.response.status_code"] == 200)
+            .count()
+    };
+    let (h2_servers, h2_clients) = (h2("SERVER", "nghttpd"), h2("CLIENT", "nghttp"));
+    let walk_off = p.log.lines().find_map(|l| {
+        l.split_once("HTTP/2 frame walk unavailable").map(|(_, r)| {
+            r.rsplit_once("): ")
+                .map_or(r, |(_, why)| why)
+                .trim()
+                .to_owned()
+        })
+    });
+    let ok = servers == guest::REQUESTS
+        && inetd == guest::REQUESTS
+        && clients == 2 * guest::REQUESTS
+        && h2_servers == guest::REQUESTS
+        && h2_clients == guest::REQUESTS
+        && walk_off.is_none() == h2_walk;
+    let walk = match &walk_off {
+        None => "HTTP/2 frame walk on".to_owned(),
+        Some(why) => format!("HTTP/2 frame walk off ({why})"),
+    };
     let mut detail = format!(
-        "nginx {servers} + busybox httpd (inetd-style) {inetd} SERVER, {clients} CLIENT spans; \
-         {attached}; OpenSSL uprobes on {tls}"
+        "nginx {servers} + busybox httpd (inetd-style) {inetd} + nghttpd (h2c) {h2_servers} SERVER, \
+         {clients} + nghttp {h2_clients} CLIENT spans; {attached}; OpenSSL uprobes on {tls}; {walk}"
     );
     if !off.is_empty() {
         let _ = write!(detail, "; off: {}", off.join("; "));
@@ -143,7 +169,7 @@ fn judge_inject(p: &guest::Phase, expected: bool) -> Verdict {
                 .trim_start_matches(": ")
         });
     if let Some(why) = off {
-        let capture = judge_capture(p);
+        let capture = judge_capture(p, expected);
         return Verdict {
             ok: !expected && capture.ok,
             off: true,
@@ -213,7 +239,7 @@ pub fn run(args: &MatrixArgs, agent: &std::path::Path) -> anyhow::Result<()> {
             .find_map(|l| l.split_once("=== kernel ").map(|(_, r)| r))
             .unwrap_or("?")
             .to_owned();
-        let capture = judge_capture(&guest::phase(&out, "capture"));
+        let capture = judge_capture(&guest::phase(&out, "capture"), spec.injection);
         let inject = judge_inject(&guest::phase(&out, "inject"), spec.injection);
         let mark = |v: &Verdict| match (v.ok, v.off) {
             (true, true) => "off",

@@ -69,6 +69,9 @@ pub struct Headers {
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub connection_close: bool,
+    /// `Upgrade: h2c` (RFC 7540 §3.2): after a 101 the connection speaks
+    /// HTTP/2.
+    pub upgrade_h2c: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -531,6 +534,11 @@ fn extract_headers(
                 .map(|v| v.trim_ascii())
                 .unwrap_or_default();
             h.chunked = last.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            h.upgrade_h2c = hd
+                .value
+                .split(|b| *b == b',')
+                .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         } else if name.eq_ignore_ascii_case("connection") {
             h.connection_close = hd
                 .value

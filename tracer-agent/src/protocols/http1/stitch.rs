@@ -8,10 +8,14 @@ use super::reader::{Event, Kind, MessageReader, RequestHead, ResponseContext, Re
 use crate::{
     protocols::{
         Chunk, ContextChooser, HttpExchange, Message, Protocol, Record, RequestStart, Side, Stitch,
+        Upgrade, UpgradedRequest,
     },
     telemetry::Counters,
     trace::{ids::SpanIds, task::TaskId},
 };
+
+/// HTTP/2 bytes after a `101` to h2c, in the same write, handed over.
+const MAX_UPGRADE_LEFTOVER: usize = 64 * 1024;
 
 /// Requests waiting for a response on one connection (pipelining depth).
 pub const MAX_PENDING: usize = 64;
@@ -34,6 +38,9 @@ pub struct Http1 {
     requests: MessageReader,
     responses: MessageReader,
     pending: VecDeque<Pending>,
+    /// The request a `101 Switching Protocols` to h2c answered: it goes
+    /// on as HTTP/2 stream 1, so it is handed over, not recorded.
+    upgraded: Option<Upgrade>,
 }
 
 fn exchange(req: RequestHead, resp: ResponseHead) -> HttpExchange {
@@ -44,6 +51,8 @@ fn exchange(req: RequestHead, resp: ResponseHead) -> HttpExchange {
         host: req.headers.host,
         user_agent: req.headers.user_agent,
         status: resp.status,
+        reset: None,
+        headers_unknown: false,
     }
 }
 
@@ -54,6 +63,7 @@ impl Http1 {
             requests: MessageReader::with_trace_headers(Kind::Request, trace_names.clone()),
             responses: MessageReader::with_trace_headers(Kind::Response, trace_names),
             pending: VecDeque::new(),
+            upgraded: None,
         }
     }
 
@@ -151,10 +161,28 @@ impl Http1 {
                     return;
                 };
                 let upgrade = head.status == 101;
+                let h2c = upgrade && head.headers.upgrade_h2c && p.request.headers.upgrade_h2c;
                 p.response = Some(head);
                 if upgrade || self.responses.is_tunnel() {
                     self.requests.enter_tunnel();
                     self.responses.enter_tunnel();
+                }
+                if h2c {
+                    // The response to this request comes as HTTP/2 stream 1.
+                    if let Some(p) = self.pending.pop_front() {
+                        self.upgraded = Some(Upgrade::H2c(UpgradedRequest {
+                            method: p.request.method,
+                            target: p.request.target,
+                            host: p.request.headers.host,
+                            user_agent: p.request.headers.user_agent,
+                            start_ts: p.start_ts,
+                            task: p.task,
+                            ids: p.ids,
+                            leftover: Vec::new(),
+                            leftover_gap: 0,
+                        }));
+                    }
+                    return;
                 }
                 if self.responses.at_message_boundary() && self.front_answered() {
                     self.finish_front(ts, false, cx);
@@ -214,6 +242,15 @@ impl Protocol for Http1 {
                         break;
                     };
                     self.on_response_event(ev, ts, cx);
+                    if let Some(Upgrade::H2c(up)) = &mut self.upgraded {
+                        // HTTP/2 may follow the 101 in the same write: it
+                        // goes to the HTTP/2 parser, not the tunnel.
+                        let n = input.len().min(MAX_UPGRADE_LEFTOVER);
+                        let cut = (input.len() - n) as u64;
+                        up.leftover = input[..n].to_vec();
+                        up.leftover_gap = chunk.gap + cut;
+                        return;
+                    }
                 }
                 if let Some(ev) = self.responses.gap(chunk.gap, ts) {
                     self.on_response_event(ev, ts, cx);
@@ -266,7 +303,12 @@ impl Protocol for Http1 {
 
     fn switched(&self) -> bool {
         // After a 101 or a CONNECT tunnel both readers stop parsing; the
-        // last exchange (the upgrade itself) is already recorded.
+        // last exchange (the upgrade itself) is already recorded, or
+        // handed over.
         self.requests.is_tunnel() && self.pending.is_empty()
+    }
+
+    fn take_upgrade(&mut self) -> Option<Upgrade> {
+        self.upgraded.take()
     }
 }

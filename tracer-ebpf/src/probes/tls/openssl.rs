@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_CALLS, STAT_TLS_NO_FD};
+use tracer_common::{PROTO_HTTP2, SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_CALLS, STAT_TLS_NO_FD};
 
 use super::{recent_read_fd, slot, NO_FD};
 use crate::{
@@ -26,6 +26,7 @@ use crate::{
     probes::{
         context::server_context,
         data::{fill_scratch, on_data},
+        h2::walk_tail,
         syscalls::traced,
     },
 };
@@ -163,6 +164,10 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
         _pad: [0; 7],
     };
     let target = on_data(ctx, pid_tgid, &pending, bytes)?;
+    if target.proto == PROTO_HTTP2 {
+        // Returns only if the frame walker is not loaded.
+        walk_tail(ctx, &TLS_TAIL_PROGS, pid_tgid, &pending, bytes, &target);
+    }
     let scratch = fill_scratch(pid_tgid, &pending, bytes, &target)?;
     server_context(ctx, &TLS_TAIL_PROGS, pid_tgid, &target, scratch);
     output_scratch(scratch);
