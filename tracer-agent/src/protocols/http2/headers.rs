@@ -63,6 +63,22 @@ impl Fields {
         }
     }
 
+    /// Whether a field of this (lower-case) name is kept: the others'
+    /// values are not even decoded.
+    pub fn wanted(name: &[u8], trace_names: &[String]) -> bool {
+        matches!(
+            name,
+            b":method"
+                | b":path"
+                | b":authority"
+                | b"host"
+                | b":status"
+                | b"content-type"
+                | b"user-agent"
+                | b"grpc-status"
+        ) || trace_names.iter().any(|n| n.as_bytes() == name)
+    }
+
     /// `content-type: application/grpc` or `application/grpc+proto`...
     pub fn is_grpc(&self) -> bool {
         self.content_type

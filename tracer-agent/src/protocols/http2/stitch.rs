@@ -378,7 +378,8 @@ impl State {
         }
         let mut fields = Fields::default();
         let names = self.trace_names.clone();
-        let r = self.hpack[d].decode(&block.buf, |f| fields.take(f, &names));
+        let want = |n: &[u8]| Fields::wanted(n, &names);
+        let r = self.hpack[d].decode_wanted(&block.buf, &want, |f| fields.take(f, &names));
         match r {
             Ok(BlockReport {
                 unknown, capped, ..

@@ -85,6 +85,26 @@ fn integer(buf: &[u8], pos: &mut usize, n: u8) -> Result<u32, HpackError> {
     }
 }
 
+/// §5.2: skips a string literal without decoding it; returns a lower
+/// bound of its decoded length (a Huffman code is at most 30 bits, so
+/// `n` bytes decode to at least `8n / 30`; counting the raw length
+/// instead would overstate it), for the table's size accounting, where
+/// an underestimate only makes this table keep an entry longer than the
+/// encoder does.
+fn skip_string(buf: &[u8], pos: &mut usize) -> Result<usize, HpackError> {
+    let huffman = buf.get(*pos).ok_or(HpackError::Truncated)? & 0x80 != 0;
+    let len = integer(buf, pos, 7)? as usize;
+    if len > MAX_STRING {
+        return Err(HpackError::StringTooLong(len));
+    }
+    let end = pos.checked_add(len).ok_or(HpackError::Truncated)?;
+    if end > buf.len() {
+        return Err(HpackError::Truncated);
+    }
+    *pos = end;
+    Ok(if huffman { len * 8 / 30 } else { len })
+}
+
 /// §5.2: a string literal, decoded into `out` (cleared first).
 fn string(buf: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackError> {
     let huffman = buf.get(*pos).ok_or(HpackError::Truncated)? & 0x80 != 0;
@@ -142,10 +162,23 @@ impl Decoder {
     pub fn decode(
         &mut self,
         block: &[u8],
+        f: impl FnMut(Field<'_>),
+    ) -> Result<BlockReport, HpackError> {
+        self.decode_wanted(block, &|_| true, f)
+    }
+
+    /// Like [`Decoder::decode`], but the values of fields whose name
+    /// `want` refuses are not decoded (Huffman decoding is most of the
+    /// cost, and spans need a handful of fields): `f` gets them with no
+    /// value, and the table keeps their names only.
+    pub fn decode_wanted(
+        &mut self,
+        block: &[u8],
+        want: &dyn Fn(&[u8]) -> bool,
         mut f: impl FnMut(Field<'_>),
     ) -> Result<BlockReport, HpackError> {
         let mut report = BlockReport::default();
-        let r = self.decode_fields(block, &mut f, &mut report);
+        let r = self.decode_fields(block, want, &mut f, &mut report);
         if r.is_err() {
             // Inserts after the error were not seen.
             self.table.forget();
@@ -157,6 +190,7 @@ impl Decoder {
     fn decode_fields(
         &mut self,
         block: &[u8],
+        want: &dyn Fn(&[u8]) -> bool,
         f: &mut impl FnMut(Field<'_>),
         report: &mut BlockReport,
     ) -> Result<(), HpackError> {
@@ -173,9 +207,11 @@ impl Decoder {
                         value: Some(value),
                     }),
                     Lookup::Partial(e) => {
-                        report.unknown += 1;
+                        if e.name.is_none() {
+                            report.unknown += 1;
+                        }
                         f(Field {
-                            name: None,
+                            name: e.name.as_deref(),
                             value: e.value.as_deref(),
                         })
                     }
@@ -225,6 +261,26 @@ impl Decoder {
                     Lookup::Partial(_) | Lookup::Unknown => false,
                 }
             };
+            if name_known && !want(&self.name) {
+                // Nobody reads this value: skip it undecoded. A table
+                // entry keeps the name and a lower bound of its size.
+                let len = skip_string(block, &mut pos)?;
+                f(Field {
+                    name: Some(&self.name[..]),
+                    value: None,
+                });
+                if index {
+                    self.table.insert_sized(
+                        Entry {
+                            name: Some(self.name.as_slice().into()),
+                            value: None,
+                        },
+                        len,
+                    );
+                }
+                fields += 1;
+                continue;
+            }
             string(block, &mut pos, &mut self.value)?;
             if !name_known {
                 report.unknown += 1;
@@ -429,6 +485,36 @@ mod tests {
         // A size update to 0 makes the table fully known.
         let r = d.decode(&hex("20 82"), |_| {}).expect("decodes");
         assert!(r.synced);
+    }
+
+    #[test]
+    fn unwanted_values_are_skipped_but_keep_their_place() {
+        let mut d = Decoder::new(65536, false);
+        let want = |n: &[u8]| n != b"date";
+        let mut got = Vec::new();
+        // C.5.1's date is a literal with indexing; then index 62 (date)
+        // and 63 (the :status literal before it... here: cache-control).
+        let block = hex("4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133 2032 303a 3133 3a32 3120 474d 54");
+        d.decode_wanted(&block, &want, |f| {
+            got.push((f.name.map(<[u8]>::to_vec), f.value.map(<[u8]>::to_vec)))
+        })
+        .expect("decodes");
+        assert_eq!(got[2], (Some(b"date".to_vec()), None));
+        assert_eq!(
+            got[1],
+            (Some(b"cache-control".to_vec()), Some(b"private".to_vec()))
+        );
+        got.clear();
+        d.decode_wanted(&hex("be bf"), &want, |f| {
+            got.push((f.name.map(<[u8]>::to_vec), f.value.map(<[u8]>::to_vec)))
+        })
+        .expect("decodes");
+        // The date entry has its name, not its value; positions hold.
+        assert_eq!(got[0], (Some(b"date".to_vec()), None));
+        assert_eq!(
+            got[1],
+            (Some(b"cache-control".to_vec()), Some(b"private".to_vec()))
+        );
     }
 
     #[test]

@@ -110,7 +110,8 @@ pub enum Lookup<'a> {
 
 #[derive(Debug)]
 pub struct DynamicTable {
-    entries: VecDeque<Entry>,
+    /// Newest first, each with the size it was counted at.
+    entries: VecDeque<(Entry, usize)>,
     size: usize,
     /// The encoder's current maximum (the last size update, or the
     /// protocol's default), capped by `cap`.
@@ -184,8 +185,8 @@ impl DynamicTable {
     fn evict_to(&mut self, limit: usize) {
         while self.size > limit {
             match self.entries.pop_back() {
-                Some(e) => {
-                    self.size -= e.size();
+                Some((_, size)) => {
+                    self.size -= size;
                     // Evicting a seen entry means every older (unknown)
                     // one went first (unless this table is smaller than
                     // the encoder's).
@@ -202,6 +203,19 @@ impl DynamicTable {
     /// Inserts an entry (§4.4). Returns whether it was too large to keep.
     pub fn insert(&mut self, e: Entry) -> bool {
         let s = e.size();
+        self.insert_of_size(e, s)
+    }
+
+    /// Inserts an entry whose value is not kept, `value_len` standing for
+    /// it in the size (a lower bound: an underestimate only keeps the
+    /// entry here longer than in the encoder's table, which the encoder
+    /// then never refers to).
+    pub fn insert_sized(&mut self, e: Entry, value_len: usize) -> bool {
+        let s = e.size() + value_len;
+        self.insert_of_size(e, s)
+    }
+
+    fn insert_of_size(&mut self, e: Entry, s: usize) -> bool {
         if s > self.max {
             // §4.4: an entry larger than the table empties it.
             self.entries.clear();
@@ -216,7 +230,7 @@ impl DynamicTable {
             self.unknown_tail = false;
         }
         self.size += s;
-        self.entries.push_front(e);
+        self.entries.push_front((e, s));
         false
     }
 
@@ -232,11 +246,14 @@ impl DynamicTable {
             };
         }
         match self.entries.get(i - 1 - STATIC.len()) {
-            Some(Entry {
-                name: Some(n),
-                value: Some(v),
-            }) => Lookup::Known { name: n, value: v },
-            Some(e) => Lookup::Partial(e),
+            Some((
+                Entry {
+                    name: Some(n),
+                    value: Some(v),
+                },
+                _,
+            )) => Lookup::Known { name: n, value: v },
+            Some((e, _)) => Lookup::Partial(e),
             None => Lookup::Unknown,
         }
     }
