@@ -8,12 +8,81 @@ use std::{
 
 use super::{wait_port, Proc, TempDir};
 
+fn tools_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    std::env::var_os("TRACER_TOOLS_DIR").map_or_else(|| home.join(".cache/tracer"), PathBuf::from)
+}
+
+/// `@grpc/grpc-js` (installed by `cargo xtask setup`).
+pub fn grpc_js() -> PathBuf {
+    let p = tools_dir().join("node/node_modules/@grpc/grpc-js");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup` (it installs @grpc/grpc-js)",
+        p.display()
+    );
+    p
+}
+
+/// The service both node scripts use: `helloworld.Greeter/SayHello` on
+/// raw bytes.
+const NODE_GRPC_SERVICE: &str = r#"
+const grpc = require(process.env.GRPC_JS);
+const id = (b) => b;
+const svc = { SayHello: { path: '/helloworld.Greeter/SayHello', requestStream: false,
+  responseStream: false, requestSerialize: id, requestDeserialize: id,
+  responseSerialize: id, responseDeserialize: id } };
+"#;
+
+/// A grpc-js server over TLS (argv: port, cert, key); "missing" answers
+/// NOT_FOUND.
+pub fn node_grpc_server_script() -> String {
+    format!(
+        "{NODE_GRPC_SERVICE}{}",
+        r#"
+const fs = require('fs');
+const [port, cert, key] = process.argv.slice(1);
+const server = new grpc.Server();
+server.addService(svc, { SayHello: (call, cb) => {
+  if (call.request.toString() === 'missing') cb({ code: grpc.status.NOT_FOUND, details: 'no' });
+  else cb(null, Buffer.concat([Buffer.from('hello '), call.request]));
+} });
+const creds = grpc.ServerCredentials.createSsl(null,
+  [{ private_key: fs.readFileSync(key), cert_chain: fs.readFileSync(cert) }], false);
+server.bindAsync('127.0.0.1:' + port, creds, (err) => { if (err) { console.error(err); process.exit(1); } });
+"#
+    )
+}
+
+/// A grpc-js client over TLS (argv: port, cert, traceparent, names...);
+/// prints `name CODE` per call, one channel for all.
+pub fn node_grpc_client_script() -> String {
+    format!(
+        "{NODE_GRPC_SERVICE}{}",
+        r#"
+const fs = require('fs');
+const [port, cert, tp, ...names] = process.argv.slice(1);
+const Client = grpc.makeGenericClientConstructor(svc, 'Greeter');
+const creds = grpc.credentials.createSsl(fs.readFileSync(cert), null, null,
+  { checkServerIdentity: () => undefined });
+const c = new Client('127.0.0.1:' + port, creds);
+(async () => {
+  for (const n of names) {
+    const md = new grpc.Metadata();
+    md.set('traceparent', tp);
+    const code = await new Promise((res) => c.SayHello(Buffer.from(n), md,
+      (err) => res(err ? err.code : 0)));
+    console.log(n, code);
+  }
+  c.close();
+})();
+"#
+    )
+}
+
 /// The venv Python with `grpcio` (made by `cargo xtask setup`).
 pub fn grpc_python() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let tools = std::env::var_os("TRACER_TOOLS_DIR")
-        .map_or_else(|| home.join(".cache/tracer"), PathBuf::from);
-    let p = tools.join("venv/bin/python3");
+    let p = tools_dir().join("venv/bin/python3");
     assert!(
         p.exists(),
         "{} missing: run `cargo xtask setup` (it installs grpcio)",

@@ -3,12 +3,18 @@
 //! knowledge and `Upgrade: h2c`), curl to nginx over TLS (ALPN h2), and a
 //! gRPC connection that was open before the agent started.
 
-use std::time::Duration;
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use tracer_tests::{
     attr, attr_i, curl, free_port,
-    h2::{etcd, etcdctl, grpc_client, grpc_server, nghttpd, nghttpx},
-    nginx_tls_h2, pid, require_root, s, Agent, TempDir, Value,
+    h2::{
+        etcd, etcdctl, grpc_client, grpc_js, grpc_server, nghttpd, nghttpx,
+        node_grpc_client_script, node_grpc_server_script,
+    },
+    nginx_tls_h2, pid, require_root, s, self_signed_cert, wait_port, Agent, Proc, TempDir, Value,
 };
 
 const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -225,6 +231,72 @@ fn nghttp2_clients_curl_prior_knowledge_and_h2c_upgrade() {
         assert_eq!(attr(sp, "network.protocol.version"), "2");
         assert_eq!(name(sp), "GET /index.html");
     }
+}
+
+#[test]
+fn node_grpc_js_over_tls() {
+    if !require_root("node_grpc_js_over_tls") {
+        return;
+    }
+    let dir = TempDir::new("grpc-js");
+    let (cert, key) = self_signed_cert(&dir);
+    let port = free_port();
+    let server = Proc::spawn(
+        "node grpc server",
+        Command::new("node")
+            .arg("-e")
+            .arg(node_grpc_server_script())
+            .arg(port.to_string())
+            .arg(&cert)
+            .arg(&key)
+            .env("GRPC_JS", grpc_js())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    let agent = Agent::start(&[]);
+    let tp = format!("00-{T}-{S}-01");
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(node_grpc_client_script())
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&tp)
+        .args(["world", "missing", "again"])
+        .env("GRPC_JS", grpc_js())
+        .output()
+        .expect("node grpc client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "world 0\nmissing 5\nagain 0\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srv = u64::from(server.pid());
+    let servers = agent.wait_for(3, |sp| s(sp, "kind") == "SERVER" && pid(sp) == srv);
+    let clients = agent.wait_for(3, |sp| {
+        s(sp, "kind") == "CLIENT" && attr_i(sp, "server.port") == i64::from(port)
+    });
+    for spans in [&servers, &clients] {
+        let mut codes: Vec<i64> = spans
+            .iter()
+            .map(|sp| attr_i(sp, "rpc.grpc.status_code"))
+            .collect();
+        codes.sort();
+        assert_eq!(codes, [0, 0, 5], "{spans:#?}");
+        for sp in spans.iter() {
+            // h2 over TLS, through node's own OpenSSL and the TLS probes.
+            assert_eq!(name(sp), "helloworld.Greeter/SayHello", "{sp:#}");
+            assert_eq!(attr(sp, "network.protocol.version"), "2");
+            assert_eq!(s(sp, "trace_id"), T);
+            assert_eq!(s(sp, "parent_span_id"), S);
+        }
+    }
+    let nf = clients
+        .iter()
+        .find(|sp| attr_i(sp, "rpc.grpc.status_code") == 5)
+        .expect("NOT_FOUND client span");
+    assert_eq!(s(nf, "status"), "ERROR");
 }
 
 #[test]

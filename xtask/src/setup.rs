@@ -218,9 +218,31 @@ fn mounts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// npm packages the HTTP/2 tests drive (gRPC over TLS in node, whose
+/// OpenSSL the TLS probes see).
+const NPM_PEERS: &[&str] = &["@grpc/grpc-js@1.14.7"];
+
+/// node_modules of [`NPM_PEERS`], made once.
+fn node_peers() -> anyhow::Result<()> {
+    let dir = tools_dir().join("node");
+    let stamp = dir.join(".tracer-peers");
+    let want = NPM_PEERS.join(" ");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(());
+    }
+    fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .args(NPM_PEERS))?;
+    fs::write(&stamp, want)?;
+    Ok(())
+}
+
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;
     peers()?;
     python_peers()?;
+    node_peers()?;
     mounts()
 }
