@@ -32,8 +32,8 @@ fn starts_with(b: &[u8; PEEK], pat: &[u8]) -> bool {
 const H2_HEADERS_FLAGS: u8 = 0x01 | 0x04 | 0x08 | 0x20;
 
 /// An HTTP/2 HEADERS frame in the middle of a connection the agent joined
-/// (RFC 9113 §6.2): type 1, only its flags, a non-zero stream, a length
-/// of at most the default frame size. Whether it is a request or a
+/// (RFC 9113 §6.2): type 1, only its flags and END_HEADERS, an odd
+/// stream, a length of at most the default frame size. Whether it is a request or a
 /// response comes from its first field: pseudo-headers come first
 /// (§8.3), and HPACK encodes the static `:authority`..`:scheme` entries
 /// as indexes 1-7 and `:status` as 8-14 (RFC 7541 Appendix A), as an
@@ -47,7 +47,10 @@ fn h2_headers_frame(b: &[u8; PEEK], len: u64) -> Option<bool> {
         return None;
     }
     let stream = u32::from_be_bytes([b[5] & 0x7f, b[6], b[7], b[8]]);
-    if stream == 0 || len < PEEK as u64 {
+    // A client-initiated (odd) stream and a whole header block
+    // (END_HEADERS): what a request or its response looks like, and
+    // fewer chances for file bytes to pass (reads of any fd come here).
+    if stream & 1 == 0 || b[4] & 0x04 == 0 || len < PEEK as u64 {
         return None;
     }
     // First header-block byte: after the pad length and priority fields.
