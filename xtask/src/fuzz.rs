@@ -17,7 +17,14 @@ use anyhow::{bail, Context as _};
 use crate::util::{root, run as sh};
 
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 5] = ["decode", "pipeline", "http1", "propagation", "proc_parsers"];
+pub const TARGETS: [&str; 6] = [
+    "decode",
+    "pipeline",
+    "http1",
+    "http2",
+    "propagation",
+    "proc_parsers",
+];
 /// Longest input libFuzzer generates: records and streams longer than
 /// this add run time, not coverage.
 const MAX_LEN: usize = 4096;
@@ -27,8 +34,8 @@ pub struct FuzzArgs {
     /// Executions per target (libFuzzer's `-runs`).
     #[arg(long, default_value_t = 100_000)]
     runs: u64,
-    /// Targets to run (repeatable): decode, pipeline, http1, propagation,
-    /// proc_parsers. Default: all.
+    /// Targets to run (repeatable): decode, pipeline, http1, http2,
+    /// propagation, proc_parsers. Default: all.
     #[arg(long = "target", value_name = "NAME")]
     targets: Vec<String>,
 }
