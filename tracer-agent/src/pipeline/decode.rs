@@ -125,6 +125,28 @@ mod tests {
     }
 
     #[test]
+    fn segment_lists_may_be_longer_than_the_syscall_plain_payloads_not() {
+        // A 9-byte SETTINGS ack walked by the kernel: an 8-byte segment
+        // header and the 9 bytes, 17 in all, for 9 moved.
+        let mut hdr = DataHeader {
+            kind: EVENT_DATA,
+            captured_len: 17,
+            total_len: 9,
+            ..Default::default()
+        };
+        let mut buf = bytes_of(&hdr);
+        buf.extend_from_slice(&[0; 17]);
+        assert!(matches!(
+            decode(&buf),
+            Err(DecodeError::BadPayloadLength { .. })
+        ));
+        hdr.flags = tracer_common::DATA_FLAG_SEGMENTS;
+        let mut buf = bytes_of(&hdr);
+        buf.extend_from_slice(&[0; 17]);
+        assert!(matches!(decode(&buf), Ok(Event::Data(_, p)) if p.len() == 17));
+    }
+
+    #[test]
     fn context_events_decode_and_are_length_checked() {
         let ev = TraceCtxEvent {
             kind: EVENT_INJECTED,

@@ -250,7 +250,7 @@ pub fn on_data<C: EbpfContext>(
 /// view of the buffer: `off < MAX_CAPTURE` and `len <= MAX_CAPTURE`, and the
 /// buffer holds `2 * MAX_CAPTURE`.
 #[inline(always)]
-fn copy_user(scratch: &mut DataScratch, off: usize, len: usize, src: u64) -> bool {
+pub fn copy_user(scratch: &mut DataScratch, off: usize, len: usize, src: u64) -> bool {
     // black_box keeps LLVM from dropping the mask and the clamp because it
     // "knows" the bounds from the caller; the verifier does not, and it
     // tracks the caller's arithmetic as possibly negative.

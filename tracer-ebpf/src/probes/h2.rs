@@ -15,8 +15,7 @@
 //! HTTP/1.
 use aya_ebpf::{
     helpers::{
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop,
     },
     macros::{tracepoint, uretprobe},
     maps::ProgramArray,
@@ -30,7 +29,7 @@ use tracer_common::{
     STAT_H2_BYTES_NOT_COPIED, STAT_H2_DATA_SKIPPED, STAT_H2_WALK_LOST, TAIL_H2_WALK,
 };
 
-use super::data::{msg_iov, DataTarget};
+use super::data::{copy_user, msg_iov, DataTarget};
 use crate::{
     emit::output_scratch,
     maps::{
@@ -371,23 +370,12 @@ fn emit(w: &mut Walk, scratch: &mut DataScratch, src: u64, n: u32, frame_start: 
         w.seg_at = w.out;
         w.out += SEG as u32;
     }
-    let at = core::hint::black_box(w.out as usize) & (MAX_CAPTURE - 1);
-    let len = core::hint::black_box(n_copy as usize);
-    let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
-    // SAFETY: `at < MAX_CAPTURE`, `len <= MAX_CAPTURE`, the buffer holds
-    // twice that; the helper checks `src`.
-    let rc = unsafe {
-        probe_read_user_raw(
-            scratch.data.as_mut_ptr().add(at).cast(),
-            len as u32,
-            src as *const core::ffi::c_void,
-        )
-    };
-    if rc != 0 {
+    if !copy_user(scratch, w.out as usize, n_copy as usize, src) {
         w.not_copied += u64::from(n_copy);
         return;
     }
-    w.out += len as u32;
+    let len = n_copy as usize;
+    w.out += n_copy;
     let seg_len_at = (w.seg_at as usize + 4) & (MAX_CAPTURE - 1);
     // SAFETY: inside the buffer, as above.
     unsafe {

@@ -91,24 +91,8 @@ pub(super) fn render(
         median(&off_rps),
         median(&on_rps)
     );
-    let _ = writeln!(
-        r,
-        "| p50 latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
-        median(&off_p50),
-        list(&off_p50, 1),
-        median(&on_p50),
-        list(&on_p50, 1),
-        median(&on_p50) - median(&off_p50)
-    );
-    let _ = writeln!(
-        r,
-        "| p99 latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
-        median(&off_p99),
-        list(&off_p99, 1),
-        median(&on_p99),
-        list(&on_p99, 1),
-        median(&on_p99) - median(&off_p99)
-    );
+    latency_row(&mut r, "p50", &off_p50, &on_p50);
+    latency_row(&mut r, "p99", &off_p99, &on_p99);
     let _ = writeln!(r, "| request errors (all phases) | | | {errors} |");
     let _ = writeln!(r);
     let _ = writeln!(r, "| capture at the fixed rate (all rounds) | value |");
@@ -183,6 +167,19 @@ pub(super) fn render(
     r
 }
 
+/// One latency row: off and on medians with their rounds, and on − off.
+fn latency_row(r: &mut String, label: &str, off: &[f64], on: &[f64]) {
+    let _ = writeln!(
+        r,
+        "| {label} latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
+        median(off),
+        list(off, 1),
+        median(on),
+        list(on, 1),
+        median(on) - median(off)
+    );
+}
+
 /// HTTP/2: streams captured at a fixed rate, p99, and saturation.
 fn h2_report(r: &mut String, a: &BenchArgs, off: &[(H2Result, f64)], on: &[OnPhase]) {
     let off_p99: Vec<f64> = off.iter().map(|(h, _)| h.p99_us).collect();
@@ -207,15 +204,7 @@ fn h2_report(r: &mut String, a: &BenchArgs, off: &[(H2Result, f64)], on: &[OnPha
         median(&off_rps),
         median(&on_rps)
     );
-    let _ = writeln!(
-        r,
-        "| p99 latency µs | {:.1} [{}] | {:.1} [{}] | {:+.1} µs |",
-        median(&off_p99),
-        list(&off_p99, 1),
-        median(&on_p99),
-        list(&on_p99, 1),
-        median(&on_p99) - median(&off_p99)
-    );
+    latency_row(r, "p99", &off_p99, &on_p99);
     let _ = writeln!(
         r,
         "| SERVER spans / streams completed | | {spans} / {done} ({:.1}%) | |",
