@@ -95,7 +95,8 @@ pub fn grpc_python() -> PathBuf {
 /// `helloworld.Greeter` the tests call, on raw bytes (no generated code):
 /// `SayHello` (unary; "missing" answers NOT_FOUND), `Big` (a 300 KiB
 /// reply), `Stream` (server streaming: five messages, 50 ms apart),
-/// `Echo1`..`Echo3` (unary echoes).
+/// `Collect` (client streaming), `Chat` (bidirectional), `Echo1`..`Echo3`
+/// (unary echoes).
 pub const PY_GRPC_SERVER: &str = r#"
 import sys, time, grpc
 from concurrent import futures
@@ -109,10 +110,17 @@ def stream(req, ctx):
     for i in range(5):
         time.sleep(0.05)
         yield b"part %d" % i
+def collect(reqs, ctx):
+    return b"%d" % sum(len(r) for r in reqs)
+def chat(reqs, ctx):
+    for r in reqs:
+        yield b"re: " + r
 h = grpc.method_handlers_generic_handler("helloworld.Greeter", {
     "SayHello": grpc.unary_unary_rpc_method_handler(say),
     "Big": grpc.unary_unary_rpc_method_handler(big),
     "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    "Collect": grpc.stream_unary_rpc_method_handler(collect),
+    "Chat": grpc.stream_stream_rpc_method_handler(chat),
     "Echo1": grpc.unary_unary_rpc_method_handler(lambda r, c: r),
     "Echo2": grpc.unary_unary_rpc_method_handler(lambda r, c: r),
     "Echo3": grpc.unary_unary_rpc_method_handler(lambda r, c: r),
@@ -139,8 +147,13 @@ for call in sys.argv[3:]:
         continue
     path = "/helloworld.Greeter/" + method
     try:
+        msgs = lambda: iter([arg.encode()] * 3)
         if method == "Stream":
             n = sum(1 for _ in ch.unary_stream(path)(arg.encode(), metadata=md, timeout=10))
+        elif method == "Collect":
+            n = len(ch.stream_unary(path)(msgs(), metadata=md, timeout=10))
+        elif method == "Chat":
+            n = sum(1 for _ in ch.stream_stream(path)(msgs(), metadata=md, timeout=10))
         else:
             n = len(ch.unary_unary(path)(arg.encode(), metadata=md, timeout=10))
         print(method, "OK", n, flush=True)

@@ -40,7 +40,14 @@ fn grpc_python_unary_streaming_errors_and_large_replies() {
     let (client_pid, out) = grpc_client(
         port,
         Some(&tp),
-        &["SayHello:world", "Stream:x", "SayHello:missing", "Big:x"],
+        &[
+            "SayHello:world",
+            "Stream:x",
+            "SayHello:missing",
+            "Big:x",
+            "Collect:abcd",
+            "Chat:hi",
+        ],
     );
     assert_eq!(
         out,
@@ -48,12 +55,14 @@ fn grpc_python_unary_streaming_errors_and_large_replies() {
             "SayHello OK 11",
             "Stream OK 5",
             "SayHello NOT_FOUND",
-            "Big OK 307200"
+            "Big OK 307200",
+            "Collect OK 2",
+            "Chat OK 3"
         ]
     );
     let srv = u64::from(server.pid());
-    let servers = agent.wait_for(4, |sp| s(sp, "kind") == "SERVER" && pid(sp) == srv);
-    let clients = agent.wait_for(4, |sp| {
+    let servers = agent.wait_for(6, |sp| s(sp, "kind") == "SERVER" && pid(sp) == srv);
+    let clients = agent.wait_for(6, |sp| {
         s(sp, "kind") == "CLIENT" && pid(sp) == u64::from(client_pid)
     });
     let by = |spans: &[Value], method: &str, code: i64| -> Value {
@@ -68,7 +77,7 @@ fn grpc_python_unary_streaming_errors_and_large_replies() {
         found[0].clone()
     };
     for spans in [&servers, &clients] {
-        assert_eq!(spans.len(), 4, "{spans:#?}");
+        assert_eq!(spans.len(), 6, "{spans:#?}");
         for sp in spans.iter() {
             // The metadata's traceparent continues the trace on both sides.
             assert_eq!(s(sp, "trace_id"), T, "{sp:#}");
@@ -87,6 +96,9 @@ fn grpc_python_unary_streaming_errors_and_large_replies() {
         assert!(duration_ms(&stream) >= 200, "{stream:#}");
         // 300 KiB of DATA, then the trailers with the status.
         by(spans, "Big", 0);
+        // Client streaming and bidirectional: one span per call.
+        by(spans, "Collect", 0);
+        by(spans, "Chat", 0);
     }
     // NOT_FOUND, from the trailers-only response: the caller's error.
     let nf = by(&servers, "SayHello", 5);
