@@ -171,9 +171,36 @@ pub struct H2Args {
 #[map]
 pub static H2_ARGS: PerCpuArray<H2Args> = PerCpuArray::with_max_entries(1, 0);
 
-/// The frame walker's working state (see `probes::h2::Walk`).
+/// The HTTP/2 frame walker's working state (`probes::h2`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Walk {
+    /// A plain buffer (no iovec array).
+    pub single: u64,
+    pub iov_ptr: u64,
+    pub iov_cnt: u64,
+    pub iov_next: u64,
+    /// The current buffer or iovec entry, and where it starts in the
+    /// call's data.
+    pub cur_base: u64,
+    pub cur_len: u64,
+    pub cur_start: u64,
+    /// Bytes of the call walked so far, and how many it moved.
+    pub pos: u64,
+    pub total: u64,
+    /// Bytes of `scratch.data` used, and the most it may use.
+    pub out: u32,
+    pub cap: u32,
+    /// `scratch.data` offset of the open segment's header, and where in
+    /// the call's data the open segment ends.
+    pub seg_at: u32,
+    pub seg_end: u64,
+    pub skipped: u64,
+    pub not_copied: u64,
+}
+
 #[map]
-pub static H2_WALK: PerCpuArray<crate::probes::h2::Walk> = PerCpuArray::with_max_entries(1, 0);
+pub static H2_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where one direction of an HTTP/2 connection is in its framing.
 #[repr(C)]

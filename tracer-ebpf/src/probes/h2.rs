@@ -33,8 +33,8 @@ use super::data::{copy_user, msg_iov, DataTarget};
 use crate::{
     emit::output_scratch,
     maps::{
-        bump, bump_by, config, H2Args, H2Dir, H2State, PendingCall, H2_ARGS, H2_STATE, H2_WALK,
-        SCRATCH,
+        bump, bump_by, config, H2Args, H2Dir, H2State, PendingCall, Walk, H2_ARGS, H2_STATE,
+        H2_WALK, SCRATCH,
     },
 };
 
@@ -99,34 +99,6 @@ struct WalkCtx {
     w: *mut Walk,
     scratch: *mut DataScratch,
     dir: *mut H2Dir,
-}
-
-/// The walk's state (a per-CPU map value, `H2_WALK`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Walk {
-    /// A plain buffer (no iovec array).
-    single: u64,
-    iov_ptr: u64,
-    iov_cnt: u64,
-    iov_next: u64,
-    /// The current buffer or iovec entry, and where it starts in the
-    /// call's data.
-    cur_base: u64,
-    cur_len: u64,
-    cur_start: u64,
-    /// Bytes of the call walked so far, and how many it moved.
-    pos: u64,
-    total: u64,
-    /// Bytes of `scratch.data` used, and the most it may use.
-    out: u32,
-    cap: u32,
-    /// `scratch.data` offset of the open segment's header, and where in
-    /// the call's data the open segment ends.
-    seg_at: u32,
-    seg_end: u64,
-    skipped: u64,
-    not_copied: u64,
 }
 
 #[inline(always)]

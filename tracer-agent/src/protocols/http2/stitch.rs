@@ -42,11 +42,17 @@ struct Stream {
 /// A header block waiting for its CONTINUATION frames.
 #[derive(Debug)]
 struct Block {
+    head: BlockHead,
+    buf: Vec<u8>,
+}
+
+/// Whose header block it is.
+#[derive(Debug, Clone, Copy)]
+struct BlockHead {
     stream: u32,
     /// A PUSH_PROMISE's block: decoded for the table, then dropped.
     push: bool,
     end_stream: bool,
-    buf: Vec<u8>,
 }
 
 /// The connection's state besides the two readers (so a reader can feed
@@ -213,8 +219,8 @@ impl State {
         cx: &mut Stitch<'_>,
     ) {
         if let Some(b) = self.blocks[side_index(side)].take() {
-            if !b.push {
-                self.headers_lost(side, b.stream, b.end_stream, chunk, ids, cx);
+            if !b.head.push {
+                self.headers_lost(side, b.head.stream, b.head.end_stream, chunk, ids, cx);
             }
         }
     }
@@ -280,13 +286,12 @@ impl State {
                     self.headers_lost(side, h.stream, end_stream, chunk, ids, cx);
                     return;
                 };
-                let block = Block {
+                let head = BlockHead {
                     stream: h.stream,
                     push: false,
                     end_stream: h.flags & frame::FLAG_END_STREAM != 0,
-                    buf: fragment.to_vec(),
                 };
-                self.block_part(side, block, h.flags, chunk, ids, cx);
+                self.block_start(side, head, fragment, h.flags, chunk, ids, cx);
             }
             frame::PUSH_PROMISE => {
                 let Some(fragment) = push_fragment(h, payload) else {
@@ -294,13 +299,12 @@ impl State {
                     self.block_lost(d, cx);
                     return;
                 };
-                let block = Block {
+                let head = BlockHead {
                     stream: h.stream,
                     push: true,
                     end_stream: false,
-                    buf: fragment.to_vec(),
                 };
-                self.block_part(side, block, h.flags, chunk, ids, cx);
+                self.block_start(side, head, fragment, h.flags, chunk, ids, cx);
             }
             frame::CONTINUATION => {
                 let Some(mut block) = self.blocks[d].take() else {
@@ -308,17 +312,22 @@ impl State {
                     self.block_lost(d, cx);
                     return;
                 };
-                if block.stream != h.stream || block.buf.len() + payload.len() > MAX_HEADER_BLOCK {
+                let head = block.head;
+                if head.stream != h.stream || block.buf.len() + payload.len() > MAX_HEADER_BLOCK {
                     self.block_lost(d, cx);
-                    if !block.push {
-                        self.headers_lost(side, block.stream, block.end_stream, chunk, ids, cx);
+                    if !head.push {
+                        self.headers_lost(side, head.stream, head.end_stream, chunk, ids, cx);
                     }
                     return;
                 }
                 // Exactly: amortised growth could hold twice the cap.
                 block.buf.reserve_exact(payload.len());
                 block.buf.extend_from_slice(payload);
-                self.block_part(side, block, h.flags, chunk, ids, cx);
+                if h.flags & frame::FLAG_END_HEADERS == 0 {
+                    self.blocks[d] = Some(block);
+                } else {
+                    self.decode_block(side, head, &block.buf, chunk, ids, cx);
+                }
             }
             frame::RST_STREAM => {
                 let code = payload
@@ -360,26 +369,45 @@ impl State {
         }
     }
 
-    /// A HEADERS/PUSH_PROMISE/CONTINUATION part; decodes the block once
-    /// END_HEADERS comes.
-    fn block_part(
+    /// A HEADERS or PUSH_PROMISE frame's fragment: decoded in place when
+    /// it is the whole block (the usual case: no copy), else held for its
+    /// CONTINUATION frames.
+    #[allow(clippy::too_many_arguments)]
+    fn block_start(
         &mut self,
         side: Side,
-        block: Block,
+        head: BlockHead,
+        fragment: &[u8],
         flags: u8,
         chunk: &Chunk<'_>,
         ids: &mut dyn ContextChooser,
         cx: &mut Stitch<'_>,
     ) {
-        let d = side_index(side);
         if flags & frame::FLAG_END_HEADERS == 0 {
-            self.blocks[d] = Some(block);
-            return;
+            self.blocks[side_index(side)] = Some(Block {
+                head,
+                buf: fragment.to_vec(),
+            });
+        } else {
+            self.decode_block(side, head, fragment, chunk, ids, cx);
         }
+    }
+
+    /// Decodes a whole header block and applies it to its stream.
+    fn decode_block(
+        &mut self,
+        side: Side,
+        block: BlockHead,
+        buf: &[u8],
+        chunk: &Chunk<'_>,
+        ids: &mut dyn ContextChooser,
+        cx: &mut Stitch<'_>,
+    ) {
+        let d = side_index(side);
         let mut fields = Fields::default();
-        let names = self.trace_names.clone();
-        let want = |n: &[u8]| Fields::wanted(n, &names);
-        let r = self.hpack[d].decode_wanted(&block.buf, &want, |f| fields.take(f, &names));
+        let names = &self.trace_names;
+        let want = |n: &[u8]| Fields::wanted(n, names);
+        let r = self.hpack[d].decode_wanted(buf, &want, |f| fields.take(f, names));
         match r {
             Ok(BlockReport {
                 unknown, capped, ..
@@ -603,7 +631,10 @@ mod tests {
     use super::*;
     use crate::{
         metadata::conn::{ConnMeta, Role},
-        protocols::http2::frame::{tests::frame, *},
+        protocols::{
+            http2::frame::{tests::frame, *},
+            test_support::FixedIds,
+        },
     };
 
     const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -626,13 +657,7 @@ mod tests {
         fn on_request(&mut self, r: &RequestStart<'_>) -> SpanIds {
             self.traceparents
                 .push(r.headers.get("traceparent").map(str::to_owned));
-            SpanIds {
-                trace_id: [1; 16],
-                span_id: [2; 8],
-                parent_span_id: None,
-                flags: 1,
-                tracestate: None,
-            }
+            FixedIds.on_request(r)
         }
     }
 

@@ -51,6 +51,9 @@ pub struct BlockReport {
     pub synced: bool,
 }
 
+/// Scratch string capacity kept between blocks.
+const SCRATCH_KEEP: usize = 4096;
+
 /// Longest string literal decoded; a header block is capped well below.
 const MAX_STRING: usize = 64 * 1024;
 
@@ -179,6 +182,13 @@ impl Decoder {
     ) -> Result<BlockReport, HpackError> {
         let mut report = BlockReport::default();
         let r = self.decode_fields(block, want, &mut f, &mut report);
+        // The scratch strings can reach 64 KiB on one hostile field; do
+        // not keep that per connection and direction.
+        for v in [&mut self.name, &mut self.value] {
+            if v.capacity() > SCRATCH_KEEP {
+                *v = Vec::new();
+            }
+        }
         if r.is_err() {
             // Inserts after the error were not seen.
             self.table.forget();
