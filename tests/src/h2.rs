@@ -8,7 +8,7 @@ use std::{
 
 use super::{wait_port, Proc, TempDir};
 
-fn tools_dir() -> PathBuf {
+pub fn tools_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
     std::env::var_os("TRACER_TOOLS_DIR").map_or_else(|| home.join(".cache/tracer"), PathBuf::from)
 }

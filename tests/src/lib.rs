@@ -15,6 +15,7 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod golang;
 pub mod h2;
 pub mod otlp;
 

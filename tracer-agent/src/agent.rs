@@ -16,12 +16,15 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
-use tracer_common::{Config, MAP_CONNS, MAP_EVENTS, MAP_STATS, STAT_RINGBUF_DROPS};
+use tracer_common::{
+    Config, MAP_CONNS, MAP_EVENTS, MAP_NO_THREAD_LINK, MAP_STATS, NO_LINK_RUNTIME,
+    STAT_RINGBUF_DROPS,
+};
 
 use crate::{
     bpf::{
         h2walk, injection,
-        kernel::{ConnMap, StatsMap},
+        kernel::{KernelMaps, StatsMap},
         loader,
         recording::Recorder,
         ring, BpfError,
@@ -32,7 +35,11 @@ use crate::{
         sink::{DropCounter, Sink},
         stdout,
     },
-    metadata::{process::ServiceNames, HostView},
+    metadata::{
+        process::ServiceNames,
+        runtime::{running_multiplexed, RuntimeCache},
+        HostView,
+    },
     pipeline::{filter::Filters, Pipeline, PipelineConfig},
     propagation::kernel_order,
     telemetry::{report, Gauges, Registry},
@@ -97,6 +104,38 @@ fn short_reason(e: &dyn std::error::Error) -> String {
 }
 
 /// Takes map `name` out of the object.
+/// Before the injector links anything: every running process whose
+/// runtime is not thread-per-request (Go) is marked in the kernel, so its
+/// threads never key a parent link. Programs exec'd from now on are
+/// marked pending by the exec hook until the pipeline classifies them.
+fn mark_multiplexed_processes(ebpf: &mut Ebpf) -> Result<BpfHashMap<MapData, u32, u8>, AgentError> {
+    let mut map: BpfHashMap<MapData, u32, u8> =
+        BpfHashMap::try_from(take_map(ebpf, MAP_NO_THREAD_LINK)?)
+            .map_err(|e| AgentError::Kernel(BpfError::map(MAP_NO_THREAD_LINK)(e)))?;
+    let counters = crate::telemetry::Counters::default();
+    let found = running_multiplexed(&mut RuntimeCache::default(), &counters);
+    for (pid, runtime) in &found {
+        if let Err(e) = map.insert(pid, NO_LINK_RUNTIME, 0) {
+            tracing::warn!(
+                pid,
+                "cannot mark a Go process as not linkable by thread: {e}"
+            );
+        }
+        tracing::debug!(
+            pid,
+            version = runtime.go_version(),
+            "Go process: no thread-keyed links"
+        );
+    }
+    if !found.is_empty() {
+        tracing::info!(
+            "{} running Go processes: their CLIENT calls are not linked by thread",
+            found.len()
+        );
+    }
+    Ok(map)
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, AgentError> {
     ebpf.take_map(name)
         .ok_or(AgentError::Kernel(BpfError::MissingMap(name)))
@@ -177,7 +216,13 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             tracing::debug!("HTTP/2 frame walk: {e:?}");
         }
     }
-    if args.inject_context == Switch::On {
+    let inject = args.inject_context == Switch::On;
+    let no_thread_link = if inject {
+        Some(mark_multiplexed_processes(&mut ebpf)?)
+    } else {
+        None
+    };
+    if inject {
         // Where is configuration (an error); whether this kernel can run
         // it is not: without it the agent still traces, and says why.
         let dir =
@@ -277,8 +322,12 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             service_names,
             propagators,
             host: HostView::Live,
+            inject_context: inject,
         },
-        Box::new(ConnMap(conns)),
+        Box::new(KernelMaps {
+            conns,
+            no_thread_link,
+        }),
         counters.clone(),
         gauges.clone(),
         sinks,

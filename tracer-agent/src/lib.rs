@@ -12,7 +12,8 @@
 //! - [`propagation`]: trace-context headers (W3C, B3, Jaeger, custom);
 //! - [`trace`]: span ids, parent links keyed by task, kernel-chosen ids;
 //! - [`spans`]: the span model and semantic-convention mapping;
-//! - [`metadata`]: processes, containers, sockets;
+//! - [`metadata`]: processes, their runtimes, containers, sockets;
+//! - [`golang`]: Go binaries (build info);
 //! - [`telemetry`]: the counter registry and its reports;
 //! - [`export`]: sinks, stdout, OTLP.
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod bpf;
 pub mod cli;
 pub mod conn;
 pub mod export;
+pub mod golang;
 pub mod metadata;
 pub mod pipeline;
 pub mod propagation;

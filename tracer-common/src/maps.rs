@@ -94,6 +94,17 @@ pub const MAP_TLS_TAIL_PROGS: &str = "TLS_TAIL_PROGS";
 pub const PROG_INJECT: &str = "tracer_inject";
 /// The cgroup `sock_ops` program that fills [`MAP_SOCKS`].
 pub const PROG_SOCK_OPS: &str = "tracer_sock_ops";
+/// Processes whose threads must not key parent links (tgid -> one of
+/// [`NO_LINK_PENDING`], [`NO_LINK_RUNTIME`]): the kernel keeps no SERVER
+/// context per thread for them and injects their requests as roots.
+pub const MAP_NO_THREAD_LINK: &str = "NO_THREAD_LINK";
+/// Size of [`MAP_NO_THREAD_LINK`] (entries live as long as the process).
+pub const MAX_NO_THREAD_LINK: u32 = 65_536;
+/// Set by the exec hook: a new program the agent has not classified yet.
+pub const NO_LINK_PENDING: u8 = 1;
+/// Set by the agent: the runtime runs many requests on each OS thread in
+/// turn (Go).
+pub const NO_LINK_RUNTIME: u8 = 2;
 /// Size of [`MAP_THREAD_CTX`].
 pub const MAX_THREAD_CTX: u32 = 16_384;
 /// Size of [`MAP_SOCK_STATE`] (and of [`MAP_SOCKS`]).

@@ -50,8 +50,15 @@ pub const STAT_H2_BYTES_NOT_COPIED: u32 = 19;
 /// HTTP/2 DATA payload bytes skipped (sent as gaps).
 pub const STAT_H2_DATA_SKIPPED: u32 = 20;
 
+/// Programs exec'd while injection is on that could not be marked as not
+/// yet classified ([`crate::MAP_NO_THREAD_LINK`] full).
+pub const STAT_NO_LINK_FULL: u32 = 21;
+/// SERVER contexts not kept per thread, and injections left as roots,
+/// because the process's threads are not tasks (Go) or not yet known.
+pub const STAT_THREAD_LINK_OFF: u32 = 22;
+
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 21;
+pub const STAT_COUNT: u32 = 23;
 
 /// Human names, indexed like the counters (reported with a `kernel_`
 /// prefix by the agent's counter registry).
@@ -77,6 +84,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "h2_walk_lost",
     "h2_bytes_not_copied",
     "h2_data_skipped",
+    "no_link_full",
+    "thread_link_off",
 ];
 
 /// Help text of each counter, indexed like [`STAT_NAMES`].
@@ -102,4 +111,6 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "HTTP/2 frame walks that lost the framing (budget or failed read); the rest of the syscall was a gap",
     "HTTP/2 frame-header and non-DATA bytes not copied because the event was full",
     "HTTP/2 DATA payload bytes sent as gaps instead of copied",
+    "Programs exec'd that could not be marked unclassified for thread linking (map full)",
+    "SERVER contexts not kept per thread, and injections left as roots, because the process's threads are not tasks (Go) or not yet classified",
 ];

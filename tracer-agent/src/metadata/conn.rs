@@ -43,6 +43,9 @@ pub struct ConnMeta {
     /// First seen by its bytes rather than at accept/connect: it was
     /// already running when the agent joined it.
     pub joined: bool,
+    /// Whether the process serves one request per OS thread at a time, so
+    /// the thread names the task (false for Go: see `metadata::runtime`).
+    pub thread_tasks: bool,
 }
 
 impl ConnMeta {
@@ -65,6 +68,7 @@ impl ConnMeta {
             tls: false,
             socket: None,
             joined: false,
+            thread_tasks: true,
         }
     }
 }

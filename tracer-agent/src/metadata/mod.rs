@@ -3,6 +3,7 @@
 pub mod conn;
 pub mod container;
 pub mod process;
+pub mod runtime;
 pub mod sockets;
 
 /// Whether the host may be asked about the processes and sockets that

@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, fs, io::Read, path::PathBuf, sync::Arc};
 
-use super::HostView;
+use super::{
+    runtime::{Runtime, RuntimeCache},
+    HostView,
+};
 use crate::telemetry::Counters;
 
 /// Processes cached at once; beyond this the cache is cleared (and counted)
@@ -28,6 +31,8 @@ pub struct Process {
     pub start_ticks: u64,
     /// Container id from /proc/PID/cgroup, when in a container.
     pub container_id: Option<String>,
+    /// What runs it (Go or native), from the executable.
+    pub runtime: Runtime,
 }
 
 /// `--service-name` rules: `NAME=pid:PID` or `NAME=EXE`.
@@ -78,7 +83,13 @@ impl Process {
     /// an entry built from the kernel-reported `comm`.
     #[cfg(test)]
     pub fn read(pid: u32, comm: &str) -> Self {
-        Self::read_with(pid, comm, &ServiceNames::default())
+        Self::read_with(
+            pid,
+            comm,
+            &ServiceNames::default(),
+            &mut RuntimeCache::default(),
+            &Counters::default(),
+        )
     }
 
     /// A process known only by what the kernel reported (replay).
@@ -93,10 +104,17 @@ impl Process {
                 .unwrap_or_else(|| comm.to_owned()),
             start_ticks: 0,
             container_id: None,
+            runtime: Runtime::Native,
         }
     }
 
-    pub fn read_with(pid: u32, comm: &str, names: &ServiceNames) -> Self {
+    pub fn read_with(
+        pid: u32,
+        comm: &str,
+        names: &ServiceNames,
+        runtimes: &mut RuntimeCache,
+        counters: &Counters,
+    ) -> Self {
         let exe_path = fs::read_link(format!("/proc/{pid}/exe")).ok();
         let exe_name = exe_path
             .as_ref()
@@ -131,6 +149,7 @@ impl Process {
             service_name,
             start_ticks,
             container_id,
+            runtime: runtimes.of_pid(pid, counters),
         }
     }
 }
@@ -159,6 +178,7 @@ pub struct ProcessCache {
     procs: HashMap<u32, Arc<Process>>,
     names: ServiceNames,
     view: HostView,
+    runtimes: RuntimeCache,
 }
 
 impl ProcessCache {
@@ -179,7 +199,9 @@ impl ProcessCache {
             Counters::inc(&counters.process_cache_resets);
         }
         let p = Arc::new(match self.view {
-            HostView::Live => Process::read_with(pid, comm, &self.names),
+            HostView::Live => {
+                Process::read_with(pid, comm, &self.names, &mut self.runtimes, counters)
+            }
             HostView::Offline => Process::from_comm(pid, comm, &self.names),
         });
         self.procs.insert(pid, p.clone());
@@ -188,6 +210,11 @@ impl ProcessCache {
 
     pub fn remove(&mut self, pid: u32) {
         self.procs.remove(&pid);
+    }
+
+    /// The runtime cache, for classifying a process without caching it.
+    pub fn runtimes(&mut self) -> &mut RuntimeCache {
+        &mut self.runtimes
     }
 
     pub fn len(&self) -> usize {
@@ -227,6 +254,8 @@ mod tests {
             me,
             "x",
             &ServiceNames::parse(&[format!("svc=pid:{me}")]).expect("ok"),
+            &mut RuntimeCache::default(),
+            &Counters::default(),
         );
         assert_eq!(p.service_name, "svc");
         assert!(p.start_ticks > 0);

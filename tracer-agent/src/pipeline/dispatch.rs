@@ -30,6 +30,9 @@ impl Pipeline {
             }
             Ok(Event::Context(ev)) => self.trace.on_kernel_ctx(&ev),
             Ok(Event::Proc(ev)) => {
+                if ev.kind == tracer_common::EVENT_EXEC {
+                    self.on_exec(ev.tgid);
+                }
                 if let Some(n) = Notice::from_process_event(ev.kind, ev.tgid) {
                     self.notices.push(n, &self.counters);
                 }
@@ -163,7 +166,20 @@ impl Pipeline {
         meta.tls = ev.tls != 0;
         meta.socket = socket;
         meta.joined = ev.origin == ORIGIN_INFERRED;
+        meta.thread_tasks = process.runtime.threads_are_tasks();
         self.conns.open(meta, kind, &mut self.done, &self.counters);
+    }
+
+    /// A process runs a new program: what was read of the old one is stale,
+    /// and with injection on the kernel waits (`NO_LINK_PENDING`) for its
+    /// runtime before linking by thread.
+    fn on_exec(&mut self, tgid: u32) {
+        self.procs.remove(tgid);
+        if self.inject_context && self.host == HostView::Live {
+            let runtime = self.procs.runtimes().of_pid(tgid, &self.counters);
+            self.kernel
+                .thread_linking(tgid, runtime.threads_are_tasks());
+        }
     }
 
     /// Tells the kernel to stop copying this connection.

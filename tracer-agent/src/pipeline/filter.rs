@@ -34,12 +34,17 @@ pub trait KernelControl {
     fn ignore_conn(&mut self, tgid: u32, fd: u32, conn_id: u64);
     /// The process exited: its connection entries can go.
     fn forget_conn(&mut self, tgid: u32, fd: u32);
+    /// Whether the kernel may key parent links (its injection context) by
+    /// the threads of `tgid`: false for Go.
+    fn thread_linking(&mut self, tgid: u32, allowed: bool);
 }
 
 /// No kernel (replays, tests): what would have been written is remembered.
 #[derive(Debug, Default)]
 pub struct NoKernel {
     pub ignored: Vec<(u32, u32, u64)>,
+    /// Processes whose threads may not key links.
+    pub unlinked: Vec<u32>,
 }
 
 impl KernelControl for NoKernel {
@@ -50,6 +55,13 @@ impl KernelControl for NoKernel {
     }
 
     fn forget_conn(&mut self, _tgid: u32, _fd: u32) {}
+
+    fn thread_linking(&mut self, tgid: u32, allowed: bool) {
+        self.unlinked.retain(|t| *t != tgid);
+        if !allowed && self.unlinked.len() < 4096 {
+            self.unlinked.push(tgid);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct PipelineConfig {
     pub propagators: Vec<Propagator>,
     /// Whether /proc and borrowed fds may be consulted.
     pub host: HostView,
+    /// Context injection is on: each exec'd program is classified for the
+    /// kernel's thread-keyed links.
+    pub inject_context: bool,
 }
 
 pub struct Pipeline {
@@ -47,6 +50,7 @@ pub struct Pipeline {
     procs: ProcessCache,
     filters: Filters,
     host: HostView,
+    inject_context: bool,
     kernel: Box<dyn KernelControl + Send>,
     builder: SpanBuilder,
     clock: Clock,
@@ -77,6 +81,7 @@ impl Pipeline {
             procs: ProcessCache::new(cfg.service_names, cfg.host),
             filters: cfg.filters,
             host: cfg.host,
+            inject_context: cfg.inject_context,
             kernel,
             builder: SpanBuilder,
             clock: Clock::new(),

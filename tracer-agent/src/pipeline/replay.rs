@@ -41,6 +41,7 @@ pub fn replay<'a>(
             service_names: ServiceNames::default(),
             propagators,
             host: HostView::Offline,
+            inject_context: false,
         },
         Box::new(NoKernel::default()),
         counters.clone(),

@@ -125,6 +125,13 @@ registry! {
         /// CLIENT spans left as roots because their task was serving several
         /// requests at once (event loop, pool): the cause is unknowable.
         links_ambiguous,
+        /// CLIENT spans left as roots because their process's runtime runs
+        /// many requests on each OS thread in turn (Go): the thread does
+        /// not tell which request caused them.
+        links_unfollowable,
+        /// Executables whose Go build info could not be read (treated as
+        /// Go of an unknown version: never linked by thread).
+        go_buildinfo_errors,
         /// CLIENT spans whose linked SERVER parent was never exported.
         orphan_spans,
         /// Times the active-server table hit its bound and was reset.

@@ -12,7 +12,9 @@
 //! - otherwise a CLIENT request made by a task that is serving exactly one
 //!   inbound request becomes that SERVER span's child;
 //! - when the task serves several at once the link is unknowable: the
-//!   CLIENT span stays a root and is counted.
+//!   CLIENT span stays a root and is counted;
+//! - so does a CLIENT request of a process whose threads are not tasks
+//!   (Go: [`task::TaskId::Shared`]).
 pub mod ids;
 pub mod kernel_ctx;
 pub mod parent;
@@ -236,6 +238,10 @@ impl TraceIds {
                     Counters::inc(&self.counters.links_ambiguous);
                     self.gen.root(span_id)
                 }
+                Serving::Unfollowable => {
+                    Counters::inc(&self.counters.links_unfollowable);
+                    self.gen.root(span_id)
+                }
                 Serving::Nothing => self.gen.root(span_id),
             },
         }
@@ -348,6 +354,34 @@ mod tests {
         assert_ne!(c.trace_id, a.trace_id);
         assert_ne!(c.trace_id, b.trace_id);
         assert_eq!(t.counters.links_ambiguous.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn shared_threads_never_link() {
+        let mut t = ids();
+        let mut server = conn(Role::Server, 3);
+        server.thread_tasks = false;
+        let task = TaskId::Shared { tgid: 1, tid: 10 };
+        t.on_request(&RequestStart {
+            conn: &server,
+            task,
+            headers: &none(),
+            index_in_chunk: None,
+        });
+        // Nothing is keyed by a shared thread ...
+        assert_eq!(t.active_servers(), 0);
+        let mut client = conn(Role::Client, 4);
+        client.thread_tasks = false;
+        let c = t.on_request(&RequestStart {
+            conn: &client,
+            task,
+            headers: &none(),
+            index_in_chunk: None,
+        });
+        // ... so the call the same thread writes is a counted root.
+        assert_eq!(c.parent_span_id, None);
+        assert_eq!(t.counters.links_unfollowable.load(Ordering::Relaxed), 1);
+        assert_eq!(t.counters.links_in_process.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum Serving<'a> {
     One(&'a SpanIds),
     /// Several at once: unknowable.
     Several,
+    /// The task is not one the table can key (see [`TaskId::is_known`]).
+    Unfollowable,
 }
 
 #[derive(Default)]
@@ -45,6 +47,9 @@ pub struct Parents {
 impl Parents {
     /// A SERVER request started on `task`.
     pub fn start_server(&mut self, task: TaskId, conn_id: u64, ids: &SpanIds, c: &Counters) {
+        if !task.is_known() {
+            return;
+        }
         if self.len >= MAX_ACTIVE {
             self.active.clear();
             self.by_conn.clear();
@@ -62,6 +67,9 @@ impl Parents {
 
     /// What `task` serves; a single SERVER span gains a child.
     pub fn adopt(&mut self, task: TaskId) -> Serving<'_> {
+        if !task.is_known() {
+            return Serving::Unfollowable;
+        }
         match self.active.get_mut(&task).map(Vec::as_mut_slice) {
             Some([only]) => {
                 only.children += 1;

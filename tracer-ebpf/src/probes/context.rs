@@ -16,14 +16,14 @@ use aya_ebpf::{
 use tracer_common::{
     DataScratch, TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX,
     MAX_KERNEL_PROPAGATORS, PROPAGATOR_B3, PROPAGATOR_END, PROPAGATOR_JAEGER,
-    PROPAGATOR_TRACECONTEXT, STAT_SERVER_CTX, STAT_TRACESTATE_TOO_LONG, TAIL_SERVER_CTX,
-    TRACESTATE_MAX,
+    PROPAGATOR_TRACECONTEXT, STAT_SERVER_CTX, STAT_THREAD_LINK_OFF, STAT_TRACESTATE_TOO_LONG,
+    TAIL_SERVER_CTX, TRACESTATE_MAX,
 };
 
 use super::data::{starts_request, DataTarget};
 use crate::{
     emit::{output_ctx, output_scratch},
-    maps::{bump, config, ThreadCtx, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
+    maps::{bump, config, thread_link_off, ThreadCtx, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
     scan::{
         head::{get32, parse_traceparent, scan, set32, skip_ows, HeadScan},
         propagation::{parse_b3_multi, parse_b3_single, parse_jaeger, Ids},
@@ -165,6 +165,14 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
     // tracestate goes with traceparent only.
     if from_w3c && ts_at != 0 {
         copy_tracestate(&scratch.data, ts_at, s, build);
+    }
+    // A process whose threads are not tasks (Go), or not yet classified:
+    // the SERVER span keeps the kernel's ids, but no CLIENT request is
+    // linked to it by thread. A wrong parent is worse than none.
+    if thread_link_off(hdr.tgid) {
+        bump(STAT_THREAD_LINK_OFF);
+        output_ctx(&ev);
+        return;
     }
     // By reference: the value is ~300 bytes, more than the stack should hold.
     #[expect(

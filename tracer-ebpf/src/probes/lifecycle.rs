@@ -7,14 +7,14 @@ use aya_ebpf::{
     programs::{RetProbeContext, TracePointContext},
 };
 use tracer_common::{
-    conn_key, EVENT_DLOPEN, EVENT_EXEC, EVENT_PROC_EXIT, ORIGIN_ACCEPT, PROTO_HTTP1, PROTO_HTTP2,
-    PROTO_UNKNOWN, ROLE_SERVER,
+    conn_key, EVENT_DLOPEN, EVENT_EXEC, EVENT_PROC_EXIT, NO_LINK_PENDING, ORIGIN_ACCEPT,
+    PROTO_HTTP1, PROTO_HTTP2, PROTO_UNKNOWN, ROLE_SERVER, STAT_NO_LINK_FULL,
 };
 
 use super::{context::server_done, ctx_u64, syscalls::traced, OFF_ARG0};
 use crate::{
     emit::{emit_close, emit_proc},
-    maps::{config, take_inflight, ClosedConn, CLOSED, CONNS},
+    maps::{bump, config, take_inflight, ClosedConn, CLOSED, CONNS, NO_THREAD_LINK},
 };
 
 /// `syscalls:sys_enter_close(fd)`: forget the socket; tell the agent if it
@@ -62,16 +62,24 @@ pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != pid_tgid as u32 {
         return 0;
     }
+    // The tgid may be reused by a program of another runtime.
+    let _ = NO_THREAD_LINK.remove(tgid);
     emit_proc(EVENT_PROC_EXIT, tgid);
     0
 }
 
 /// `sched:sched_process_exec`: a new program; the agent looks for TLS
-/// libraries in it.
+/// libraries in it and classifies its runtime. Until it has, with
+/// injection on, the process's threads key no parent link: a Go program
+/// could serve its first request before the agent reads its build info.
 #[tracepoint]
 pub fn tracer_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if traced(tgid, &config()) {
+    let cfg = config();
+    if traced(tgid, &cfg) {
+        if cfg.inject_context != 0 && NO_THREAD_LINK.insert(tgid, NO_LINK_PENDING, 0).is_err() {
+            bump(STAT_NO_LINK_FULL);
+        }
         emit_proc(EVENT_EXEC, tgid);
     }
     0

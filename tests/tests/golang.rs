@@ -1,0 +1,230 @@
+//! Go services: their runtime is recognised from the build info (stripped
+//! binaries included), and a Go process's OS threads never key a parent
+//! link, in the agent or in the kernel's injection context: goroutines
+//! move between threads, so a thread-keyed link there is a guess.
+
+use std::{collections::HashMap, fs::File, thread};
+
+use tracer_agent::golang::buildinfo;
+use tracer_tests::{golang::*, *};
+
+/// Go's own reading (`go version -m`) and ours agree: the Go version and
+/// every dependency with its version.
+fn assert_buildinfo_matches_go(binary: &std::path::Path) {
+    let mut f = File::open(binary).expect("open binary");
+    let ours = buildinfo::read(&mut f)
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()))
+        .unwrap_or_else(|| panic!("{}: not recognised as Go", binary.display()));
+    let theirs = go_version_m(NEWEST, binary);
+    let version = theirs
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(": "))
+        .map(|(_, v)| v.trim())
+        .unwrap_or("");
+    assert_eq!(ours.go_version, version, "{}", binary.display());
+    let deps: Vec<(String, String)> = theirs
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("dep")).then(|| {
+                let path = w.next().unwrap_or("").to_owned();
+                let version = w.next().unwrap_or("").to_owned();
+                (path, version)
+            })
+        })
+        .collect();
+    assert_eq!(ours.deps.len(), deps.len(), "{}", binary.display());
+    for (path, version) in &deps {
+        assert_eq!(
+            ours.dep(path),
+            Some(version.as_str()),
+            "{}: {path}",
+            binary.display()
+        );
+    }
+}
+
+#[test]
+fn build_info_is_read_from_built_stripped_and_distro_binaries() {
+    for v in [OLDEST, NEWEST] {
+        for strip in [false, true] {
+            let bin = build("fanout", v, strip);
+            let mut f = File::open(&bin).expect("open");
+            let info = buildinfo::read(&mut f).expect("reads").expect("is Go");
+            assert_eq!(info.go_version, format!("go{v}"));
+            assert_buildinfo_matches_go(&bin);
+        }
+    }
+    // Debian's Go programs: stripped, built with Debian's Go, many modules.
+    for bin in ["/usr/bin/etcd", "/usr/bin/hey"] {
+        assert_buildinfo_matches_go(std::path::Path::new(bin));
+    }
+    // Not Go.
+    for bin in ["/usr/sbin/nginx", "/usr/bin/curl"] {
+        let mut f = File::open(bin).expect("open");
+        assert_eq!(buildinfo::read(&mut f).expect("reads"), None, "{bin}");
+    }
+}
+
+const SHAPES: [(&str, usize); 3] = [("direct", 1), ("spawned", 1), ("fanout", 3)];
+const CONCURRENT: usize = 8;
+
+/// 8 concurrent requests of each shape to the Go service, and what the
+/// agent made of them: (Go SERVER spans by path, Go CLIENT spans,
+/// downstream SERVER spans by path).
+fn fan_out(agent: &Agent, go_port: u16, down_port: u16) -> Spans {
+    for (shape, _) in SHAPES {
+        let workers: Vec<_> = (0..CONCURRENT)
+            .map(|i| {
+                let url = format!("http://127.0.0.1:{go_port}/{shape}/p{go_port}t{i}");
+                thread::spawn(move || curl(&["-o", "/dev/null", "-f", &url]))
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("curl thread");
+        }
+    }
+    let calls: usize = SHAPES.iter().map(|(_, n)| n * CONCURRENT).sum();
+    // The downstream serves every Go service of the test: the tag names
+    // this one's calls.
+    let ours = format!("/p{go_port}t");
+    let go = |sp: &Value| exe(sp).starts_with("fanout");
+    let servers = agent.wait_for(SHAPES.len() * CONCURRENT, |sp| {
+        go(sp) && s(sp, "kind") == "SERVER" && attr_i(sp, "server.port") == i64::from(go_port)
+    });
+    let clients = agent.wait_for(calls, |sp| {
+        go(sp)
+            && s(sp, "kind") == "CLIENT"
+            && attr_i(sp, "server.port") == i64::from(down_port)
+            && attr(sp, "url.path").as_str().unwrap_or("").contains(&ours)
+    });
+    let downstream = agent.wait_for(calls, |sp| {
+        exe(sp).starts_with("python3")
+            && s(sp, "kind") == "SERVER"
+            && attr_i(sp, "server.port") == i64::from(down_port)
+            && attr(sp, "url.path").as_str().unwrap_or("").contains(&ours)
+    });
+    let by_path = |v: Vec<Value>| -> HashMap<String, Value> {
+        v.into_iter()
+            .map(|sp| (attr(&sp, "url.path").as_str().unwrap_or("").to_owned(), sp))
+            .collect()
+    };
+    Spans {
+        servers: by_path(servers),
+        clients,
+        downstream: by_path(downstream),
+    }
+}
+
+struct Spans {
+    servers: HashMap<String, Value>,
+    clients: Vec<Value>,
+    downstream: HashMap<String, Value>,
+}
+
+impl Spans {
+    /// Every CLIENT span is a root or the child of exactly the request that
+    /// caused it (its path names the request). Returns (exact, roots).
+    fn check_links(&self) -> (usize, usize) {
+        assert_eq!(self.servers.len(), SHAPES.len() * CONCURRENT);
+        let (mut exact, mut roots) = (0, 0);
+        for c in &self.clients {
+            let path = attr(c, "url.path").as_str().unwrap_or("");
+            // /down/SHAPE/TAG/I was caused by /SHAPE/TAG.
+            let parts: Vec<&str> = path.split('/').collect();
+            assert_eq!(parts.len(), 5, "{c:#}");
+            let cause = &self.servers[&format!("/{}/{}", parts[2], parts[3])];
+            if c["parent_span_id"].is_null() {
+                roots += 1;
+                assert_ne!(s(c, "trace_id"), s(cause, "trace_id"), "{c:#}");
+                continue;
+            }
+            assert_eq!(
+                s(c, "parent_span_id"),
+                s(cause, "span_id"),
+                "CLIENT {path} parented to the wrong request:\n{c:#}\ncause: {cause:#}"
+            );
+            assert_eq!(s(c, "trace_id"), s(cause, "trace_id"));
+            exact += 1;
+        }
+        (exact, roots)
+    }
+}
+
+fn summary(agent: &mut Agent) -> String {
+    agent.stop();
+    let log = agent.log();
+    log.lines()
+        .find(|l| l.contains("summary:"))
+        .unwrap_or_else(|| panic!("no summary line:\n{log}"))
+        .to_owned()
+}
+
+/// The concurrent fan-out that once gave 6 CLIENT spans the wrong parent:
+/// with goroutine links not built yet, every call must be a counted root,
+/// never a wrong child.
+#[test]
+fn go_fan_out_is_never_linked_to_the_wrong_request() {
+    if !require_root("go_fan_out_is_never_linked_to_the_wrong_request") {
+        return;
+    }
+    let bin = build("fanout", NEWEST, false);
+    let mut agent = Agent::start(&[]);
+    let down = free_port();
+    let _py = python_server(down);
+    let go_port = free_port();
+    let _go = fanout(&bin, go_port, &format!("http://127.0.0.1:{down}"), None);
+    let spans = fan_out(&agent, go_port, down);
+    let (exact, roots) = spans.check_links();
+    assert_eq!((exact, roots), (0, spans.clients.len()));
+    let line = summary(&mut agent);
+    assert!(
+        line.contains(&format!("links_unfollowable={}", spans.clients.len())),
+        "{line}"
+    );
+    assert!(!line.contains("links_in_process"), "{line}");
+}
+
+/// The same with context injection: the kernel must not link by thread
+/// either (its SERVER context is per thread), and what it injects into each
+/// Go request is what the agent reports for that CLIENT span, so the
+/// downstream continues exactly that span.
+#[test]
+fn go_fan_out_with_injection_is_never_linked_to_the_wrong_request() {
+    if !require_root("go_fan_out_with_injection_is_never_linked_to_the_wrong_request") {
+        return;
+    }
+    let down = free_port();
+    let _py = python_server(down);
+    let base = format!("http://127.0.0.1:{down}");
+    // One service running before the agent (found by its start-up walk of
+    // /proc), one started after (classified from its exec).
+    let (early_port, late_port) = (free_port(), free_port());
+    let _early = fanout(&build("fanout", OLDEST, false), early_port, &base, None);
+    let mut agent = Agent::start(&["--inject-context", "on"]);
+    let _late = fanout(&build("fanout", NEWEST, false), late_port, &base, None);
+    for port in [early_port, late_port] {
+        let spans = fan_out(&agent, port, down);
+        let (exact, roots) = spans.check_links();
+        assert_eq!((exact, roots), (0, spans.clients.len()));
+        for c in &spans.clients {
+            let path = attr(c, "url.path").as_str().unwrap_or("");
+            let d = &spans.downstream[path];
+            assert_eq!(s(d, "trace_id"), s(c, "trace_id"), "{path}: {d:#}");
+            assert_eq!(s(d, "parent_span_id"), s(c, "span_id"), "{path}: {d:#}");
+        }
+    }
+    let line = summary(&mut agent);
+    // The kernel's counters: SERVER contexts of Go requests kept off the
+    // thread table, and no injection linked by thread.
+    let kernel = line.split_once("kernel:").map_or("", |(_, k)| k);
+    assert!(
+        kernel.contains(&format!(
+            "thread_link_off={}",
+            2 * SHAPES.len() * CONCURRENT
+        )),
+        "{line}"
+    );
+    assert!(!kernel.contains("inject_linked"), "{line}");
+}
