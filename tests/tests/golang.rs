@@ -228,3 +228,119 @@ fn go_fan_out_with_injection_is_never_linked_to_the_wrong_request() {
     );
     assert!(!kernel.contains("inject_linked"), "{line}");
 }
+
+/// `go tool nm -size` of an unstripped binary: name -> (address, size) of
+/// its text symbols.
+fn go_nm(version: &str, binary: &std::path::Path) -> HashMap<String, (u64, u64)> {
+    let out = std::process::Command::new(go_bin(version))
+        .args(["tool", "nm", "-size"])
+        .arg(binary)
+        .output()
+        .expect("go tool nm");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let addr = u64::from_str_radix(w.next()?, 16).ok()?;
+            let size = w.next()?.parse().ok()?;
+            let kind = w.next()?;
+            let name = w.collect::<Vec<_>>().join(" ");
+            matches!(kind, "T" | "t").then_some((name, (addr, size)))
+        })
+        .collect()
+}
+
+/// The RET addresses `go tool objdump` shows for one function.
+fn go_objdump_rets(version: &str, binary: &std::path::Path, func: &str) -> Vec<u64> {
+    let pattern = format!(
+        "^{}$",
+        func.replace('.', r"\.")
+            .replace('(', r"\(")
+            .replace(')', r"\)")
+            .replace('*', r"\*")
+    );
+    let out = std::process::Command::new(go_bin(version))
+        .args(["tool", "objdump", "-s", &pattern])
+        .arg(binary)
+        .output()
+        .expect("go tool objdump");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some("RET"))
+        .filter_map(|l| {
+            let a = l.split_whitespace().nth(1)?;
+            u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()
+        })
+        .collect()
+}
+
+/// The functions the Go probes need, as each supported version spells
+/// them.
+const PROBED: [&str; 4] = [
+    "crypto/tls.(*Conn).Write",
+    "crypto/tls.(*Conn).Read",
+    "net/http.(*Transport).roundTrip",
+    "main.main",
+];
+
+#[test]
+fn pclntab_and_ret_finder_agree_with_go_tools_on_stripped_binaries() {
+    use tracer_agent::golang::{pclntab::Pclntab, rets};
+    for v in [OLDEST, NEWEST] {
+        let full = build("fanout", v, false);
+        let stripped = build("fanout", v, true);
+        let nm = go_nm(v, &full);
+        // The stripped binary has no symbols: everything comes from its
+        // pclntab, and must be what the symbol table of the same build says.
+        let mut f = File::open(&stripped).expect("open");
+        let table = Pclntab::read(&mut f).unwrap_or_else(|e| panic!("Go {v}: {e}"));
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for func in table.funcs() {
+            *seen.entry(func.name).or_default() += 1;
+        }
+        let mut matched = 0;
+        // A name twice in the table is an assembly function and its ABI
+        // wrapper: the symbol table names one of them.
+        for func in table.funcs().filter(|f| seen[&f.name] == 1) {
+            if let Some((addr, _)) = nm.get(&func.name) {
+                assert_eq!(func.entry, *addr, "Go {v}: {}", func.name);
+                matched += 1;
+            }
+        }
+        assert!(matched > 1000, "Go {v}: only {matched} functions matched");
+        let layout = rets::Layout::read(&mut f).expect("layout");
+        let found = table.find(&PROBED);
+        assert_eq!(found.len(), PROBED.len(), "Go {v}: {found:?}");
+        for func in &found {
+            let (addr, size) = nm[&func.name];
+            assert_eq!(func.entry, addr, "Go {v}: {}", func.name);
+            assert!(func.end >= addr + size, "Go {v}: {}", func.name);
+            let offsets = rets::ret_offsets(&mut f, &layout, func)
+                .unwrap_or_else(|e| panic!("Go {v}: {}: {e}", func.name));
+            let base = layout.file_offset(func.entry, 1).expect("mapped");
+            let ours: Vec<u64> = offsets.iter().map(|o| o - base + func.entry).collect();
+            assert_eq!(
+                ours,
+                go_objdump_rets(v, &full, &func.name),
+                "Go {v}: RETs of {}",
+                func.name
+            );
+        }
+    }
+    // Debian's stripped Go programs (other Go versions, other linkers'
+    // choices): the TLS functions are found and decode.
+    for bin in ["/usr/bin/etcd", "/usr/bin/kubectl"] {
+        let mut f = File::open(bin).expect("open");
+        let table = Pclntab::read(&mut f).unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let layout = rets::Layout::read(&mut f).expect("layout");
+        let found = table.find(&PROBED[..2]);
+        assert_eq!(found.len(), 2, "{bin}: {found:?}");
+        for func in &found {
+            let r = rets::ret_offsets(&mut f, &layout, func)
+                .unwrap_or_else(|e| panic!("{bin}: {}: {e}", func.name));
+            assert!(!r.is_empty());
+        }
+    }
+}

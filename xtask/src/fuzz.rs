@@ -17,13 +17,14 @@ use anyhow::{bail, Context as _};
 use crate::util::{root, run as sh};
 
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "decode",
     "pipeline",
     "http1",
     "http2",
     "propagation",
     "proc_parsers",
+    "golang",
 ];
 /// Longest input libFuzzer generates: records and streams longer than
 /// this add run time, not coverage.
@@ -35,7 +36,7 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 100_000)]
     runs: u64,
     /// Targets to run (repeatable): decode, pipeline, http1, http2,
-    /// propagation, proc_parsers. Default: all.
+    /// propagation, proc_parsers, golang. Default: all.
     #[arg(long = "target", value_name = "NAME")]
     targets: Vec<String>,
     /// `address` (ASan, the default) or `none`. The targets that reach
