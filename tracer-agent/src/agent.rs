@@ -17,8 +17,8 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 use tracer_common::{
-    Config, MAP_CONNS, MAP_EVENTS, MAP_NO_THREAD_LINK, MAP_STATS, NO_LINK_RUNTIME,
-    STAT_RINGBUF_DROPS,
+    Config, ThreadCtx, MAP_CONNS, MAP_EVENTS, MAP_NO_THREAD_LINK, MAP_STATS, MAP_THREAD_CTX,
+    NO_LINK_RUNTIME, STAT_RINGBUF_DROPS,
 };
 
 use crate::{
@@ -126,6 +126,25 @@ fn mark_multiplexed_processes(ebpf: &mut Ebpf) -> Result<BpfHashMap<MapData, u32
             version = runtime.go_version(),
             "Go process: no thread-keyed links"
         );
+    }
+    // SERVER contexts the capture hooks kept for them before the mark
+    // (they are attached already) go too: the injector is not attached
+    // yet, so none has been used.
+    let gone: std::collections::HashSet<u32> = found.iter().map(|(pid, _)| *pid).collect();
+    if let Some(m) = ebpf.map_mut(MAP_THREAD_CTX) {
+        match BpfHashMap::<_, u64, ThreadCtx>::try_from(m) {
+            Ok(mut threads) => {
+                let stale: Vec<u64> = threads
+                    .keys()
+                    .flatten()
+                    .filter(|k| gone.contains(&((k >> 32) as u32)))
+                    .collect();
+                for k in stale {
+                    let _ = threads.remove(&k);
+                }
+            }
+            Err(e) => tracing::warn!("reading {MAP_THREAD_CTX}: {e}"),
+        }
     }
     if !found.is_empty() {
         tracing::info!(

@@ -81,10 +81,37 @@ pub struct SockKey {
 
 const _: () = assert!(core::mem::size_of::<SockKey>() == 48);
 
+/// The SERVER request a thread is serving, as the kernel saw it: read by
+/// the `sk_msg` injector when the same thread writes a CLIENT request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadCtx {
+    /// Connection the request arrived on (`ConnState::conn_id`).
+    pub conn_id: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The caller's span id from an inbound `traceparent` (parsed here
+    /// first; not used after the event is sent).
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+    /// The thread read another request before answering this one (event
+    /// loop, pipelining across connections): no CLIENT request it writes
+    /// can be attributed, so none is linked.
+    pub ambiguous: u8,
+    pub _pad: [u8; 2],
+    /// Bytes of `tracestate` (0: none).
+    pub tracestate_len: u32,
+    pub tracestate: [u8; TRACESTATE_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<ThreadCtx>() == 48 + TRACESTATE_MAX);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: `repr(C)`, explicit padding, integer fields only.
     unsafe impl aya::Pod for super::TraceCtxEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThreadCtx {}
 }

@@ -96,7 +96,8 @@ pub const PROG_INJECT: &str = "tracer_inject";
 pub const PROG_SOCK_OPS: &str = "tracer_sock_ops";
 /// Processes whose threads must not key parent links (tgid -> one of
 /// [`NO_LINK_PENDING`], [`NO_LINK_RUNTIME`]): the kernel keeps no SERVER
-/// context per thread for them and injects their requests as roots.
+/// context per thread for them, so the injector gives their requests root
+/// contexts.
 pub const MAP_NO_THREAD_LINK: &str = "NO_THREAD_LINK";
 /// Size of [`MAP_NO_THREAD_LINK`] (entries live as long as the process).
 pub const MAX_NO_THREAD_LINK: u32 = 65_536;

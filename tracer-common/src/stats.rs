@@ -53,7 +53,7 @@ pub const STAT_H2_DATA_SKIPPED: u32 = 20;
 /// Programs exec'd while injection is on that could not be marked as not
 /// yet classified ([`crate::MAP_NO_THREAD_LINK`] full).
 pub const STAT_NO_LINK_FULL: u32 = 21;
-/// SERVER contexts not kept per thread, and injections left as roots,
+/// SERVER contexts not kept per thread (so no injection links to them)
 /// because the process's threads are not tasks (Go) or not yet known.
 pub const STAT_THREAD_LINK_OFF: u32 = 22;
 
@@ -112,5 +112,5 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "HTTP/2 frame-header and non-DATA bytes not copied because the event was full",
     "HTTP/2 DATA payload bytes sent as gaps instead of copied",
     "Programs exec'd that could not be marked unclassified for thread linking (map full)",
-    "SERVER contexts not kept per thread, and injections left as roots, because the process's threads are not tasks (Go) or not yet classified",
+    "SERVER contexts not kept per thread (no injection links to them) because the process's threads are not tasks (Go) or not yet classified",
 ];

@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
+pub use tracer_common::ThreadCtx;
 use tracer_common::{
     Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
     DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_H2_STATE, MAX_NO_THREAD_LINK,
@@ -116,36 +117,15 @@ pub fn config() -> Config {
     }
 }
 
-/// The SERVER request a thread is serving, as the kernel saw it: read by
-/// the `sk_msg` injector when the same thread writes a CLIENT request.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ThreadCtx {
-    /// Connection the request arrived on (`ConnState::conn_id`).
-    pub conn_id: u64,
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    /// The caller's span id from an inbound `traceparent` (parsed here
-    /// first; not used after the event is sent).
-    pub parent_id: [u8; 8],
-    pub flags: u8,
-    /// The thread read another request before answering this one (event
-    /// loop, pipelining across connections): no CLIENT request it writes
-    /// can be attributed, so none is linked.
-    pub ambiguous: u8,
-    pub _pad: [u8; 2],
-    /// Bytes of `tracestate` (0: none).
-    pub tracestate_len: u32,
-    pub tracestate: [u8; TRACESTATE_MAX],
-}
-
 /// See `tracer_common::MAP_NO_THREAD_LINK`. A plain hash, not LRU: an
 /// evicted entry would let a Go process be linked by thread. The exec
 /// and exit hooks and the agent keep it to live processes.
 #[map]
 pub static NO_THREAD_LINK: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NO_THREAD_LINK, 0);
 
-/// Whether thread-keyed links are off for this process.
+/// Whether thread-keyed links are off for this process (checked where a
+/// SERVER context would be stored: with none stored, the injector finds
+/// nothing to link to).
 #[inline(always)]
 pub fn thread_link_off(tgid: u32) -> bool {
     // SAFETY: the value is not read, only its presence.

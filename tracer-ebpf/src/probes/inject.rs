@@ -28,7 +28,7 @@ use aya_ebpf::{
 use tracer_common::{
     pack_inject_ports, SockKey, TraceCtxEvent, CTX_LINKED, CTX_ROOT, EVENT_INJECTED, PROTO_HTTP1,
     SCAN_MAX, STAT_INJECTED, STAT_INJECT_FAILED, STAT_INJECT_LINKED, STAT_INJECT_SKIP_HAS_CONTEXT,
-    STAT_INJECT_SKIP_UNSURE, STAT_THREAD_LINK_OFF, TRACESTATE_MAX,
+    STAT_INJECT_SKIP_UNSURE, TRACESTATE_MAX,
 };
 
 use super::context::{random_span_id, random_trace_id};
@@ -36,8 +36,8 @@ use crate::{
     classify::{classify, PEEK},
     emit::output_ctx,
     maps::{
-        bump, config, thread_link_off, SockState, INJECT_LINE_MAX, INJECT_SCRATCH, PID_FILTER,
-        SOCKS, SOCK_STATE, THREAD_CTX,
+        bump, config, SockState, INJECT_LINE_MAX, INJECT_SCRATCH, PID_FILTER, SOCKS, SOCK_STATE,
+        THREAD_CTX,
     },
     scan::head::{
         content_length, get32, scan, set32, FRAMING_CHUNKED, FRAMING_LENGTH, FRAMING_NONE,
@@ -323,12 +323,6 @@ fn inject(
     };
     let mut len = TRACEPARENT_LINE;
     match THREAD_CTX.get_ptr(pid_tgid) {
-        // A context stored before the process was classified as Go (at
-        // the agent's start) must not link either.
-        Some(_) if thread_link_off(ev.tgid) => {
-            bump(STAT_THREAD_LINK_OFF);
-            ev.trace_id = random_trace_id();
-        }
         // SAFETY: map value pointer from a successful lookup.
         Some(t) if unsafe { (*t).ambiguous } == 0 => {
             // SAFETY: as above; fields copied out.
