@@ -14,7 +14,7 @@ use tracer_common::{
 use super::{context::server_done, ctx_u64, syscalls::traced, OFF_ARG0};
 use crate::{
     emit::{emit_close, emit_proc},
-    maps::{bump, config, take_inflight, ClosedConn, CLOSED, CONNS, NO_THREAD_LINK},
+    maps::{bump, config, take_inflight, ClosedConn, CLOSED, CONNS, NO_THREAD_LINK, THREAD_CTX},
 };
 
 /// `syscalls:sys_enter_close(fd)`: forget the socket; tell the agent if it
@@ -57,7 +57,12 @@ pub fn tracer_enter_close(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let _ = take_inflight(pid_tgid, &config());
+    let cfg = config();
+    let _ = take_inflight(pid_tgid, &cfg);
+    if cfg.inject_context != 0 {
+        // A reused tid must not inherit this thread's SERVER context.
+        let _ = THREAD_CTX.remove(pid_tgid);
+    }
     let tgid = (pid_tgid >> 32) as u32;
     if tgid != pid_tgid as u32 {
         return 0;
@@ -74,11 +79,16 @@ pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
 /// could serve its first request before the agent reads its build info.
 #[tracepoint]
 pub fn tracer_exec(_ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let cfg = config();
     if traced(tgid, &cfg) {
-        if cfg.inject_context != 0 && NO_THREAD_LINK.insert(tgid, NO_LINK_PENDING, 0).is_err() {
-            bump(STAT_NO_LINK_FULL);
+        if cfg.inject_context != 0 {
+            if NO_THREAD_LINK.insert(tgid, NO_LINK_PENDING, 0).is_err() {
+                bump(STAT_NO_LINK_FULL);
+            }
+            // The old program's SERVER context is not the new one's.
+            let _ = THREAD_CTX.remove(pid_tgid);
         }
         emit_proc(EVENT_EXEC, tgid);
     }
