@@ -128,8 +128,13 @@ fn find_blob<R: Read + Seek>(f: &mut R) -> Result<Option<Vec<u8>>, BuildInfoErro
             return read_at(f, off, size.min(MAX_READ)).map(Some);
         }
     }
-    // No section headers (or no such section): the blob is at the start
-    // of the first writable segment's data, 16-aligned.
+    // A file with section headers but no such section is not Go: most
+    // executables the agent sees, so no further reading. With no section
+    // headers at all (some packers drop them), the blob is found by its
+    // magic in a writable segment, 16-aligned.
+    if file.sections().next().is_some() {
+        return Ok(None);
+    }
     let ranges: Vec<(u64, u64)> = file
         .segments()
         .filter(|s| {
