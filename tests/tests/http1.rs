@@ -442,7 +442,8 @@ fn ring_buffer_overflow_is_counted_and_never_mispairs() {
         "/dev/null",
         &format!("http://127.0.0.1:{port}/ok/after"),
     ]);
-    let after = agent.wait_for(1, |sp| attr(sp, "url.path") == "/ok/after");
+    // Both ends: waiting for the first alone raced the second's event.
+    let after = agent.wait_for(2, |sp| attr(sp, "url.path") == "/ok/after");
     assert_eq!(after.len(), 2, "one SERVER and one CLIENT span: {after:#?}");
     agent.stop();
     let spans = agent.spans();
