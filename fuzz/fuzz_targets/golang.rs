@@ -1,6 +1,6 @@
-//! The Go binary readers on hostile files: `.go.buildinfo`, `.gopclntab`
-//! and the RET finder, each alone and behind the ELF parser as the agent
-//! reads a real executable.
+//! The Go binary readers on hostile files: `.go.buildinfo`, `.gopclntab`,
+//! the RET finder and the DWARF struct-offset reader, each alone (DWARF
+//! only behind the ELF parser) and as the agent reads a real executable.
 //!
 //! Checked: no panic, no unbounded allocation; every function found has
 //! its entry at or before its end; every RET offset lies inside its
@@ -13,7 +13,7 @@
 use std::io::Cursor;
 
 use libfuzzer_sys::fuzz_target;
-use tracer_agent::golang::{buildinfo, pclntab::Pclntab, rets};
+use tracer_agent::golang::{buildinfo, dwarf, pclntab::Pclntab, rets};
 
 /// Functions followed per input.
 const MAX_FUNCS: usize = 64;
@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             let mut f = Cursor::new(rest);
             let _ = buildinfo::read(&mut f);
+            let _ = dwarf::tls_offsets(&mut f);
             if let Ok(t) = Pclntab::read(&mut f) {
                 let layout = rets::Layout::read(&mut f);
                 for func in t.funcs().take(MAX_FUNCS) {

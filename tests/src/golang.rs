@@ -42,19 +42,43 @@ fn newer(a: &Path, b: &Path) -> bool {
 /// changes) and returns the binary. `strip` also builds it with `-s -w`
 /// (no symbol table, no DWARF), as distributions ship Go programs.
 pub fn build(name: &str, version: &str, strip: bool) -> PathBuf {
+    if strip {
+        build_with(name, version, "stripped", "-s -w")
+    } else {
+        build_with(name, version, "", "")
+    }
+}
+
+/// A stripped build that states Go version `stamp` in its build info (a
+/// release the agent does not know, for the "not visible" path).
+pub fn build_stamped(name: &str, version: &str, stamp: &str) -> PathBuf {
+    build_with(
+        name,
+        version,
+        &format!("as-{stamp}"),
+        &format!("-s -w -X runtime.buildVersion={stamp}"),
+    )
+}
+
+/// [`build`] with linker flags `ldflags`, into a file named with `tag`.
+fn build_with(name: &str, version: &str, tag: &str, ldflags: &str) -> PathBuf {
     let src = source(name);
-    let out = tools_dir().join("go-build").join(format!(
-        "{name}-{version}{}",
-        if strip { "-stripped" } else { "" }
-    ));
+    let suffix = if tag.is_empty() {
+        String::new()
+    } else {
+        format!("-{tag}")
+    };
+    let out = tools_dir()
+        .join("go-build")
+        .join(format!("{name}-{version}{suffix}"));
     if out.exists() && !newer(&src, &out) {
         return out;
     }
     std::fs::create_dir_all(out.parent().expect("parent")).expect("go-build dir");
     let mut cmd = Command::new(go_bin(version));
     cmd.arg("build").arg("-o").arg(&out);
-    if strip {
-        cmd.args(["-ldflags", "-s -w"]);
+    if !ldflags.is_empty() {
+        cmd.args(["-ldflags", ldflags]);
     }
     let st = cmd
         .arg(&src)

@@ -468,11 +468,35 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+srv = S(("127.0.0.1", int(sys.argv[1])), H)
+if len(sys.argv) > 3:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
 "#;
 
 pub fn python_server(port: u16) -> Proc {
     python_server_with_env(port, &[])
+}
+
+/// [`PY_SERVER`] over TLS with `tls`'s certificate and key.
+pub fn python_server_tls(port: u16, tls: &(PathBuf, PathBuf)) -> Proc {
+    let p = Proc::spawn(
+        "python3 TLS server",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_SERVER)
+            .arg(port.to_string())
+            .arg(&tls.0)
+            .arg(&tls.1)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(port);
+    p
 }
 
 pub fn python_server_with_env(port: u16, env: &[(&str, &str)]) -> Proc {

@@ -74,11 +74,16 @@ const CONCURRENT: usize = 8;
 /// agent made of them: (Go SERVER spans by path, Go CLIENT spans,
 /// downstream SERVER spans by path).
 fn fan_out(agent: &Agent, go_port: u16, down_port: u16) -> Spans {
+    fan_out_over(agent, "http", go_port, down_port)
+}
+
+/// [`fan_out`] with the Go service served over `scheme` (http or https).
+fn fan_out_over(agent: &Agent, scheme: &'static str, go_port: u16, down_port: u16) -> Spans {
     for (shape, _) in SHAPES {
         let workers: Vec<_> = (0..CONCURRENT)
             .map(|i| {
-                let url = format!("http://127.0.0.1:{go_port}/{shape}/p{go_port}t{i}");
-                thread::spawn(move || curl(&["-o", "/dev/null", "-f", &url]))
+                let url = format!("{scheme}://127.0.0.1:{go_port}/{shape}/p{go_port}t{i}");
+                thread::spawn(move || curl(&["-k", "-o", "/dev/null", "-f", &url]))
             })
             .collect();
         for w in workers {
@@ -343,4 +348,341 @@ fn pclntab_and_ret_finder_agree_with_go_tools_on_stripped_binaries() {
             assert!(!r.is_empty());
         }
     }
+}
+
+/// Waits `settle`, then checks that exactly `want` spans match: a second
+/// span for the same bytes (or spans made up of ciphertext) would show.
+fn assert_exactly(agent: &Agent, want: usize, what: &str, pred: impl Fn(&Value) -> bool) {
+    thread::sleep(std::time::Duration::from_millis(700));
+    let got: Vec<Value> = agent.spans().into_iter().filter(|sp| pred(sp)).collect();
+    assert_eq!(got.len(), want, "{what}: {got:#?}");
+}
+
+/// Go's crypto/tls in stripped binaries of the oldest and the newest Go
+/// (no symbols, no DWARF: pclntab and the offsets table): a Go service
+/// served over HTTPS to curl, calling a Python TLS server over HTTPS,
+/// gives a SERVER span for every request and a CLIENT span for every call,
+/// each matching the other side's span, for a service started before the
+/// agent and one started after.
+#[test]
+fn go_tls_gives_server_and_client_spans_from_stripped_binaries() {
+    if !require_root("go_tls_gives_server_and_client_spans_from_stripped_binaries") {
+        return;
+    }
+    let dir = TempDir::new("go-tls");
+    let cert = self_signed_cert(&dir);
+    let down = free_port();
+    let _py = python_server_tls(down, &cert);
+    let base = format!("https://127.0.0.1:{down}");
+    let (early_port, late_port) = (free_port(), free_port());
+    let _early = fanout(
+        &build("fanout", OLDEST, true),
+        early_port,
+        &base,
+        Some(&cert),
+    );
+    let mut agent = Agent::start(&[]);
+    let _late = fanout(
+        &build("fanout", NEWEST, true),
+        late_port,
+        &base,
+        Some(&cert),
+    );
+    let calls: usize = SHAPES.iter().map(|(_, n)| n * CONCURRENT).sum();
+    for port in [early_port, late_port] {
+        let spans = fan_out_over(&agent, "https", port, down);
+        for (path, sp) in &spans.servers {
+            assert_eq!(attr(sp, "url.scheme"), "https", "{sp:#}");
+            assert_eq!(attr(sp, "http.request.method"), "GET", "{sp:#}");
+            assert_eq!(attr_i(sp, "http.response.status_code"), 200, "{sp:#}");
+            assert!(path.contains(&format!("/p{port}t")), "{sp:#}");
+        }
+        assert_eq!(spans.clients.len(), calls);
+        assert_eq!(spans.downstream.len(), calls);
+        for c in &spans.clients {
+            let path = attr(c, "url.path").as_str().unwrap_or("");
+            assert_eq!(attr(c, "url.scheme"), "https", "{c:#}");
+            assert_eq!(attr_i(c, "http.response.status_code"), 200, "{c:#}");
+            // The Python side saw the same request.
+            assert!(spans.downstream.contains_key(path), "{path}");
+        }
+        // Goroutine links are not built yet: every call is a counted root.
+        assert_eq!(spans.check_links(), (0, calls));
+        let ours = format!("/p{port}t");
+        assert_exactly(&agent, SHAPES.len() * CONCURRENT, "Go SERVER spans", |sp| {
+            exe(sp).starts_with("fanout")
+                && s(sp, "kind") == "SERVER"
+                && attr_i(sp, "server.port") == i64::from(port)
+        });
+        assert_exactly(&agent, calls, "Go CLIENT spans", |sp| {
+            exe(sp).starts_with("fanout")
+                && s(sp, "kind") == "CLIENT"
+                && attr(sp, "url.path").as_str().unwrap_or("").contains(&ours)
+        });
+    }
+    // HTTP/2 over Go's TLS (ALPN h2, as curl asks).
+    for i in 0..4 {
+        let (_, code) = curl(&[
+            "-k",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &format!("https://127.0.0.1:{late_port}/direct/h2t{i}"),
+        ]);
+        assert_eq!(code, "2");
+    }
+    let h2 = |sp: &Value| {
+        exe(sp).starts_with("fanout")
+            && s(sp, "kind") == "SERVER"
+            && attr(sp, "url.path")
+                .as_str()
+                .unwrap_or("")
+                .starts_with("/direct/h2t")
+    };
+    for sp in agent.wait_for(4, h2) {
+        assert_eq!(attr(&sp, "network.protocol.version"), "2", "{sp:#}");
+        assert_eq!(attr_i(&sp, "http.response.status_code"), 200, "{sp:#}");
+    }
+    assert_exactly(&agent, 4, "HTTP/2 SERVER spans", h2);
+    let line = summary(&mut agent);
+    let kernel = line.split_once("kernel:").map_or("", |(_, k)| k);
+    // Every probed call found its socket, and every Read its entry.
+    for bad in ["go_tls_no_conn", "go_tls_read_lost", "go_tls_no_layout"] {
+        assert!(!kernel.contains(bad), "{line}");
+    }
+    assert!(kernel.contains("tls_calls="), "{line}");
+    assert!(!agent.log().contains("not visible"), "{}", agent.log());
+}
+
+/// Struct offsets: what the DWARF of each test toolchain's build says is
+/// what the versioned table says (how the table is checked), and a
+/// stripped build is probed at the same places as its unstripped twin,
+/// with offsets from the table instead of DWARF.
+#[test]
+fn go_tls_offsets_table_matches_dwarf_of_every_toolchain() {
+    use tracer_agent::{
+        golang::{dwarf, offsets},
+        uprobes::golang::analyse,
+    };
+    for v in [OLDEST, NEWEST] {
+        let full = build("fanout", v, false);
+        let mut f = File::open(&full).expect("open");
+        let from_dwarf = dwarf::tls_offsets(&mut f)
+            .unwrap_or_else(|e| panic!("Go {v}: {e}"))
+            .unwrap_or_else(|| panic!("Go {v}: no DWARF"));
+        let version = buildinfo::GoVersion::parse(&format!("go{v}")).expect("version");
+        assert_eq!(Some(from_dwarf), offsets::for_version(version), "Go {v}");
+        let stripped = build("fanout", v, true);
+        let mut f = File::open(&stripped).expect("open");
+        assert!(dwarf::tls_offsets(&mut f).expect("reads").is_none());
+        let a = analyse(&full).unwrap_or_else(|e| panic!("Go {v}: {e}"));
+        let b = analyse(&stripped).unwrap_or_else(|e| panic!("Go {v} stripped: {e}"));
+        assert_eq!((a.offsets_from, b.offsets_from), ("DWARF", "table"));
+        assert_eq!(a.offsets, b.offsets);
+        // -s -w changes no code: same entry points and RETs, two entries
+        // (Write, Read) and at least one RET of Read.
+        assert_eq!(a.points.len(), b.points.len(), "Go {v}");
+        assert!(a.points.len() >= 3, "Go {v}: {:?}", a.points);
+        assert_eq!(a.tcpconn_close, b.tcpconn_close);
+    }
+    // Debian's stripped Go programs: inside the table's range.
+    for bin in [
+        "/usr/bin/etcd",
+        "/usr/bin/hey",
+        "/usr/bin/kubectl",
+        "/usr/bin/caddy",
+    ] {
+        let a = analyse(std::path::Path::new(bin)).unwrap_or_else(|e| panic!("{bin}: {e}"));
+        assert_eq!(a.offsets_from, "table", "{bin}");
+    }
+    // Not Go, and Go without crypto/tls, are told apart from failures.
+    let nginx = analyse(std::path::Path::new("/usr/sbin/nginx")).expect_err("not Go");
+    assert!(nginx.is_silent(), "{nginx}");
+}
+
+/// A goroutine-heavy Go program under the probes runs its own workload to
+/// completion: 512 HTTPS requests, each on a fresh connection (new reader
+/// and writer goroutines with small stacks), after deep recursion, with
+/// bodies up to 64 KiB checked by hash; and every request and response is
+/// captured.
+#[test]
+fn go_program_under_tls_probes_runs_to_completion() {
+    if !require_root("go_program_under_tls_probes_runs_to_completion") {
+        return;
+    }
+    let (workers, requests) = (64, 8);
+    for v in [OLDEST, NEWEST] {
+        let bin = build("tlsload", v, true);
+        let agent = Agent::start(&[]);
+        let out = std::process::Command::new(&bin)
+            .args(["-workers", &workers.to_string()])
+            .args(["-requests", &requests.to_string()])
+            // Probes go on at its exec: requests start once they are.
+            .args(["-delay", "1s"])
+            .output()
+            .expect("tlsload");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "Go {v}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n = workers * requests;
+        assert_eq!(stdout.trim(), format!("ok {n}"));
+        for kind in ["SERVER", "CLIENT"] {
+            let spans = agent.wait_for(n, |sp| {
+                exe(sp).starts_with("tlsload")
+                    && s(sp, "kind") == kind
+                    && attr(sp, "url.path")
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("/load/")
+            });
+            for sp in &spans {
+                assert_eq!(attr_i(sp, "http.response.status_code"), 200, "{sp:#}");
+                assert_eq!(attr(sp, "url.scheme"), "https", "{sp:#}");
+            }
+            assert_exactly(&agent, n, kind, |sp| {
+                exe(sp).starts_with("tlsload") && s(sp, "kind") == kind
+            });
+        }
+    }
+}
+
+/// Debian's caddy (stripped Go 1.19, its own HTTP/2 server over Go's
+/// crypto/tls) serving HTTPS to curl: a SERVER span for every request,
+/// over HTTP/2 and HTTP/1.1.
+#[test]
+fn caddy_over_https_gives_server_spans() {
+    if !require_root("caddy_over_https_gives_server_spans") {
+        return;
+    }
+    let dir = TempDir::new("caddy");
+    let port = free_port();
+    let conf = dir.0.join("Caddyfile");
+    std::fs::write(
+        &conf,
+        format!(
+            "{{\n\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n\
+             \tstorage file_system {}\n}}\n\
+             https://127.0.0.1:{port} {{\n\ttls internal\n\trespond /hello/* \"hi\" 200\n}}\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .expect("Caddyfile");
+    let mut agent = Agent::start(&[]);
+    // Started after the agent: found at its exec.
+    let _caddy = Proc::spawn(
+        "caddy",
+        std::process::Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf)
+            .env("HOME", &dir.0)
+            .env("XDG_DATA_HOME", dir.0.join("xdg-data"))
+            .env("XDG_CONFIG_HOME", dir.0.join("xdg-config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_port(port);
+    for (flag, version, n) in [("--http2", "2", 4), ("--http1.1", "1.1", 3)] {
+        for i in 0..n {
+            let (_, got) = curl(&[
+                "-k",
+                flag,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                &format!("https://127.0.0.1:{port}/hello/{version}-{i}"),
+            ]);
+            assert_eq!(got, format!("200 {version}"));
+        }
+        let prefix = format!("/hello/{version}-");
+        let ours = |sp: &Value| {
+            is_span(sp, "SERVER", "caddy", port)
+                && attr(sp, "url.path")
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&prefix)
+        };
+        for sp in agent.wait_for(n, ours) {
+            assert_eq!(attr(&sp, "network.protocol.version"), version, "{sp:#}");
+            assert_eq!(attr(&sp, "url.scheme"), "https", "{sp:#}");
+            assert_eq!(attr_i(&sp, "http.response.status_code"), 200, "{sp:#}");
+        }
+        assert_exactly(&agent, n, "caddy SERVER spans", ours);
+    }
+    let line = summary(&mut agent);
+    assert!(!line.contains("go_tls_no_conn"), "{line}");
+}
+
+/// kubectl (stripped Go 1.23, client-go) against a local TLS server: a
+/// CLIENT span for each request, matching the server's.
+#[test]
+fn kubectl_over_https_gives_client_spans() {
+    if !require_root("kubectl_over_https_gives_client_spans") {
+        return;
+    }
+    let dir = TempDir::new("kubectl");
+    let cert = self_signed_cert(&dir);
+    let port = free_port();
+    let _py = python_server_tls(port, &cert);
+    let agent = Agent::start(&[]);
+    let n = 3;
+    // The first run of an executable the agent has not seen is probed
+    // some milliseconds after its exec (its first request may precede
+    // that); later runs find the probes still on, and are seen whole.
+    for i in (0..=n).rev() {
+        let out = std::process::Command::new("kubectl")
+            .arg(format!("--server=https://127.0.0.1:{port}"))
+            .args(["--insecure-skip-tls-verify", "--token", "test"])
+            .args(["get", "--raw", &format!("/api/tlsprobe/{i}")])
+            .env("HOME", &dir.0)
+            .env("KUBECONFIG", "/dev/null")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+        if i == n {
+            // The warm-up run (path /api/tlsprobe/3) is not counted.
+            thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+    let probe = |kind: &'static str, who: &'static str| {
+        move |sp: &Value| {
+            s(sp, "kind") == kind
+                && exe(sp).starts_with(who)
+                && attr_i(sp, "server.port") == i64::from(port)
+                && attr(sp, "url.path")
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("/api/tlsprobe/")
+                && attr(sp, "url.path") != "/api/tlsprobe/3"
+        }
+    };
+    let servers = agent.wait_for(n, probe("SERVER", "python3"));
+    let clients = agent.wait_for(n, probe("CLIENT", "kubectl"));
+    for c in &clients {
+        assert_eq!(attr(c, "url.scheme"), "https", "{c:#}");
+        assert_eq!(attr_i(c, "http.response.status_code"), 200, "{c:#}");
+        assert_eq!(attr(c, "http.request.method"), "GET", "{c:#}");
+        let path = attr(c, "url.path");
+        assert!(
+            servers.iter().any(|sp| attr(sp, "url.path") == path),
+            "{c:#}"
+        );
+    }
+    assert_exactly(
+        &agent,
+        n,
+        "kubectl CLIENT spans",
+        probe("CLIENT", "kubectl"),
+    );
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod context;
 pub mod event;
+pub mod golang;
 pub mod maps;
 pub mod stats;
 
@@ -18,5 +19,6 @@ pub use config::*;
 pub use conn::*;
 pub use context::*;
 pub use event::*;
+pub use golang::*;
 pub use maps::*;
 pub use stats::*;

@@ -101,6 +101,18 @@ pub const PROG_SOCK_OPS: &str = "tracer_sock_ops";
 pub const MAP_NO_THREAD_LINK: &str = "NO_THREAD_LINK";
 /// Size of [`MAP_NO_THREAD_LINK`] (entries live as long as the process).
 pub const MAX_NO_THREAD_LINK: u32 = 65_536;
+
+/// The [`crate::GoTlsLayout`] of each Go process whose `crypto/tls` is
+/// probed, keyed by tgid (set by the agent when it attaches, removed when
+/// the process exits or execs another program).
+pub const MAP_GO_TLS: &str = "GO_TLS";
+/// Size of [`MAP_GO_TLS`].
+pub const MAX_GO_TLS: u32 = 16_384;
+/// `crypto/tls.(*Conn).Read` calls in progress, keyed by (tgid, goroutine):
+/// a Read that parks resumes on another thread, so not by thread.
+pub const MAP_GO_TLS_READS: &str = "GO_TLS_READS";
+/// Size of [`MAP_GO_TLS_READS`] (LRU).
+pub const MAX_GO_TLS_READS: u32 = 65_536;
 /// Set by the exec hook: a new program the agent has not classified yet.
 pub const NO_LINK_PENDING: u8 = 1;
 /// Set by the agent: the runtime runs many requests on each OS thread in

@@ -57,8 +57,18 @@ pub const STAT_NO_LINK_FULL: u32 = 21;
 /// because the process's threads are not tasks (Go) or not yet known.
 pub const STAT_THREAD_LINK_OFF: u32 = 22;
 
+/// Go `crypto/tls` calls whose `net.Conn` is not a `*net.TCPConn`, or
+/// whose fd could not be read: their plaintext is not captured.
+pub const STAT_GO_TLS_NO_CONN: u32 = 23;
+/// Go `crypto/tls` calls in a process the agent has not described yet
+/// (probes are per file, the layout per process).
+pub const STAT_GO_TLS_NO_LAYOUT: u32 = 24;
+/// Returns of Go `crypto/tls.(*Conn).Read` with no saved entry (the
+/// in-progress table evicted it, or the probe went on mid-call).
+pub const STAT_GO_TLS_READ_LOST: u32 = 25;
+
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 23;
+pub const STAT_COUNT: u32 = 26;
 
 /// Human names, indexed like the counters (reported with a `kernel_`
 /// prefix by the agent's counter registry).
@@ -86,6 +96,9 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "h2_data_skipped",
     "no_link_full",
     "thread_link_off",
+    "go_tls_no_conn",
+    "go_tls_no_layout",
+    "go_tls_read_lost",
 ];
 
 /// Help text of each counter, indexed like [`STAT_NAMES`].
@@ -113,4 +126,7 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "HTTP/2 DATA payload bytes sent as gaps instead of copied",
     "Programs exec'd that could not be marked unclassified for thread linking (map full)",
     "SERVER contexts not kept per thread (no injection links to them) because the process's threads are not tasks (Go) or not yet classified",
+    "Go crypto/tls calls not captured because their net.Conn is not a *net.TCPConn or its fd was unreadable",
+    "Go crypto/tls calls not captured because the agent had not yet described the process",
+    "Go crypto/tls Read returns with no saved entry (evicted, or probed mid-call)",
 ];

@@ -12,6 +12,7 @@ use tracer_common::{
     MAX_PARENTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
     TRACESTATE_MAX,
 };
+use tracer_common::{GoTlsLayout, MAX_GO_TLS, MAX_GO_TLS_READS};
 
 use crate::scan::head::{HeadScan, SCAN_BUF};
 
@@ -310,6 +311,39 @@ pub static SSL_FDS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_S
 /// share the tracepoint one).
 #[map]
 pub static TLS_TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// See `tracer_common::MAP_GO_TLS`. A plain hash: the agent removes a
+/// process's entry when it exits or execs.
+#[map]
+pub static GO_TLS: HashMap<u32, GoTlsLayout> = HashMap::with_max_entries(MAX_GO_TLS, 0);
+
+/// Key of [`GO_TLS_READS`]: the goroutine is its `g` pointer (R14 under
+/// Go's register ABI), which stays the same when the goroutine moves to
+/// another thread or its stack is moved.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoReadKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub g: u64,
+}
+
+/// A `crypto/tls.(*Conn).Read` in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoRead {
+    /// The `[]byte` data pointer the plaintext is read into.
+    pub buf: u64,
+    pub ts: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// LRU: a goroutine that never returns from Read (its process killed)
+/// cannot leak an entry for long; evictions show as `go_tls_read_lost`.
+#[map]
+pub static GO_TLS_READS: LruHashMap<GoReadKey, GoRead> =
+    LruHashMap::with_max_entries(MAX_GO_TLS_READS, 0);
 
 /// The last read-family syscall of a thread (outside TLS calls).
 #[repr(C)]

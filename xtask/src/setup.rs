@@ -15,8 +15,8 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"),
     ("bpftool", "bpftool"),
     ("curl", "curl"),
-    // A Go binary (crypto/tls, no OpenSSL): the TLS tests check that its
-    // traffic is reported as not visible rather than mis-parsed.
+    // A stripped Go HTTPS client (Go 1.19): the Go TLS probes' oldest
+    // Debian build.
     ("hey", "hey"),
     // The kernel matrix (`cargo xtask matrix`): guests boot under qemu
     // with an initramfs of busybox, nginx and the agent.
@@ -29,6 +29,9 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("nghttpx", "nghttp2-proxy"),
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    // A stripped Go HTTPS server (crypto/tls, HTTP/2) for the Go TLS
+    // probes; kubectl, their stripped Go client, comes with the machine.
+    ("caddy", "caddy"),
 ];
 
 /// Python packages the HTTP/2 tests drive, in a venv of their own.

@@ -132,6 +132,10 @@ registry! {
         /// Executables whose Go build info could not be read (treated as
         /// Go of an unknown version: never linked by thread).
         go_buildinfo_errors,
+        /// Go executables (and processes) using crypto/tls whose TLS could
+        /// not be probed: unsupported version, missing functions, or the
+        /// kernel's layout table full.
+        go_tls_not_visible,
         /// CLIENT spans whose linked SERVER parent was never exported.
         orphan_spans,
         /// Times the active-server table hit its bound and was reset.

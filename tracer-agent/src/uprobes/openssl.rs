@@ -29,6 +29,7 @@ use super::{
         exe_key, file_key, is_libc, is_libssl, parse_maps, Mapped, RescanQueue, EXEC_RESCANS,
         MAX_PENDING_SCANS, SYSTEM_LIB_DIRS,
     },
+    golang::{self, GoTls},
     registry::{attach_one, load_programs, FileKey, Probe, ProbeSet, Registry, MAX_REJECTED},
 };
 use crate::{
@@ -81,6 +82,8 @@ struct Verdict {
     keys: Vec<FileKey>,
     /// Its libssl files among them.
     libssl: Vec<Mapped>,
+    /// Its executable.
+    exe_key: Option<FileKey>,
     due: Instant,
 }
 
@@ -89,6 +92,7 @@ const MAX_VERDICT_FILES: usize = 1024;
 
 pub struct TlsProbes {
     files: Registry,
+    go: GoTls,
     libc_hooked: HashSet<FileKey>,
     warned_exes: HashSet<String>,
     /// Processes whose TLS is known to be visible: their library produced
@@ -108,9 +112,16 @@ impl TlsProbes {
         counters: Arc<Counters>,
         gauges: Arc<Gauges>,
     ) -> Result<Self, BpfError> {
-        load_programs(ebpf, OPENSSL.programs().chain([DLOPEN_PROGRAM]))?;
+        load_programs(
+            ebpf,
+            OPENSSL
+                .programs()
+                .chain([DLOPEN_PROGRAM])
+                .chain(golang::PROGRAMS),
+        )?;
         Ok(Self {
             files: Registry::default(),
+            go: GoTls::new(counters.clone()),
             libc_hooked: HashSet::new(),
             warned_exes: HashSet::new(),
             visible: HashSet::new(),
@@ -174,10 +185,16 @@ impl TlsProbes {
                 self.hook_dlopen(ebpf, m.key, &in_ns);
             }
         }
-        // Statically linked TLS exported by the executable itself (node).
+        // Go's crypto/tls in the executable, else statically linked TLS
+        // it exports (node).
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        if let Some(key) = file_key(&exe) {
-            self.files.attach_file(ebpf, &OPENSSL, key, &exe, Some(pid));
+        match file_key(&exe) {
+            Some(key) => {
+                if !self.go.scan(ebpf, &mut self.files, pid, key, &exe) {
+                    self.files.attach_file(ebpf, &OPENSSL, key, &exe, Some(pid));
+                }
+            }
+            None => self.go.forget(ebpf, pid),
         }
         self.update_gauge();
     }
@@ -200,6 +217,13 @@ impl TlsProbes {
         for notice in notices.drain(..) {
             match notice {
                 Notice::Exec(pid) => {
+                    // A Go program already known: its probes may still be
+                    // on (they linger), and it needs only its layout, now,
+                    // before its first TLS call if possible.
+                    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+                    if let Some(key) = file_key(&exe).filter(|k| self.go.is_probeable(k)) {
+                        self.go.scan(ebpf, &mut self.files, pid, key, &exe);
+                    }
                     for d in EXEC_RESCANS {
                         if !self.rescans.schedule(pid, now + d) {
                             Counters::inc(&self.counters.tls_rescans_dropped);
@@ -209,6 +233,7 @@ impl TlsProbes {
                 Notice::Dlopen(pid) if scanned.insert(pid) => self.scan_pid(ebpf, pid),
                 Notice::Dlopen(_) => {}
                 Notice::Exit(pid) => {
+                    self.go.forget(ebpf, pid);
                     self.files.on_exit(ebpf, pid);
                     self.update_gauge();
                 }
@@ -268,11 +293,13 @@ impl TlsProbes {
             .filter(|m| is_libssl(&m.path))
             .take(8)
             .collect();
+        let exe_key = file_key(std::path::Path::new(&format!("/proc/{pid}/exe")));
         self.verdicts.push(Verdict {
             pid,
             exe,
             keys,
             libssl,
+            exe_key,
             due: now + TLS_VERDICT_DELAY,
         });
     }
@@ -301,6 +328,13 @@ impl TlsProbes {
             if self.visible.contains(&v.pid) || self.warned_exes.contains(&key) {
                 continue;
             }
+            // A Go executable whose TLS cannot be probed was reported when
+            // it was analysed.
+            if v.exe_key
+                .is_some_and(|k| self.go.why_not_visible(&k).is_some())
+            {
+                continue;
+            }
             let why = v
                 .libssl
                 .iter()
@@ -308,6 +342,11 @@ impl TlsProbes {
                     self.files
                         .rejected(&m.key)
                         .map(|w| format!("{} could not be probed: {w}", m.path))
+                })
+                .or_else(|| {
+                    v.exe_key
+                        .and_then(|k| self.go.why_not_visible(&k))
+                        .map(str::to_owned)
                 })
                 .unwrap_or_else(|| {
                     "it exports no SSL_read/SSL_write (a statically linked TLS library \

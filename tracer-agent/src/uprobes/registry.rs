@@ -60,11 +60,23 @@ struct Attached {
     /// Processes known to map the file.
     users: HashSet<u32>,
     permanent: bool,
+    /// Kept attached for a while once unused (see [`MAX_LINGERING`]).
+    linger: bool,
+    /// When it last lost its last user (an ordinal), if it has none.
+    idle_since: Option<u64>,
 }
+
+/// Unused lingering files kept attached at once; beyond it the longest
+/// unused is detached. Go executables linger: a program run again and
+/// again (a CLI, a cron job) is then probed from its first instruction,
+/// instead of from the agent's scan some milliseconds after its exec.
+pub const MAX_LINGERING: usize = 32;
 
 #[derive(Default)]
 pub struct Registry {
     attached: HashMap<FileKey, Attached>,
+    /// Ordinal of the last exit that left a file unused.
+    idle_clock: u64,
     /// Files that could not be probed, and why.
     rejected: HashMap<FileKey, String>,
 }
@@ -181,10 +193,7 @@ impl Registry {
             for (prog, id) in links {
                 detach(ebpf, prog, id);
             }
-            if self.rejected.len() >= MAX_REJECTED {
-                self.rejected.clear();
-            }
-            self.rejected.insert(key, why);
+            self.reject(key, why);
             return false;
         }
         tracing::info!("TLS: probing {}", path.display());
@@ -195,18 +204,102 @@ impl Registry {
                 links,
                 users: pid.into_iter().collect(),
                 permanent: false,
+                linger: false,
+                idle_since: None,
             },
         );
         true
     }
 
-    /// A process exited: files nobody maps any more are detached.
+    /// Attaches each `(program, file offset)` of `points` to one file (once
+    /// per device+inode), all or none. For code found without symbols
+    /// (Go's pclntab). `pid` becomes one of its users. A failure is not
+    /// remembered here: the caller knows whether it can last (the file is
+    /// unusable) or not (the process and its path are already gone).
+    pub fn attach_offsets(
+        &mut self,
+        ebpf: &mut Ebpf,
+        key: FileKey,
+        path: &Path,
+        pid: Option<u32>,
+        points: &[(&'static str, u64)],
+    ) -> Result<(), String> {
+        if let Some(a) = self.attached.get_mut(&key) {
+            if let Some(pid) = pid {
+                a.users.insert(pid);
+                a.idle_since = None;
+            }
+            return Ok(());
+        }
+        if let Some(why) = self.rejected.get(&key) {
+            return Err(why.clone());
+        }
+        let mut links = Vec::new();
+        for &(prog, offset) in points {
+            let attached = program::<UProbe>(ebpf, prog)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    p.attach(offset, path, UProbeScope::AllProcesses)
+                        .map_err(|e| format!("{prog} at {offset:#x}: {e}"))
+                });
+            match attached {
+                Ok(id) => links.push((prog, id)),
+                Err(why) => {
+                    for (prog, id) in links {
+                        detach(ebpf, prog, id);
+                    }
+                    return Err(why);
+                }
+            }
+        }
+        // `/proc/PID/exe` names the file only while PID lives.
+        let shown = std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf());
+        tracing::info!("TLS: probing {} ({} probes)", shown.display(), links.len());
+        self.attached.insert(
+            key,
+            Attached {
+                path: shown.display().to_string(),
+                links,
+                users: pid.into_iter().collect(),
+                permanent: false,
+                linger: true,
+                idle_since: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Remembers that a file cannot be probed, and why.
+    pub fn reject(&mut self, key: FileKey, why: String) {
+        if self.rejected.len() >= MAX_REJECTED {
+            self.rejected.clear();
+        }
+        self.rejected.insert(key, why);
+    }
+
+    /// A process exited: files nobody maps any more are detached (or, if
+    /// they linger, detached once too many are unused).
     pub fn on_exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
         let mut gone = Vec::new();
         for (key, a) in self.attached.iter_mut() {
             if a.users.remove(&pid) && a.users.is_empty() && !a.permanent {
-                gone.push(*key);
+                if a.linger {
+                    self.idle_clock += 1;
+                    a.idle_since = Some(self.idle_clock);
+                } else {
+                    gone.push(*key);
+                }
             }
+        }
+        let mut idle: Vec<(u64, FileKey)> = self
+            .attached
+            .iter()
+            .filter_map(|(k, a)| a.idle_since.map(|t| (t, *k)))
+            .collect();
+        if idle.len() > MAX_LINGERING {
+            idle.sort_unstable();
+            let extra = idle.len() - MAX_LINGERING;
+            gone.extend(idle.into_iter().take(extra).map(|(_, k)| k));
         }
         for key in gone {
             if let Some(a) = self.attached.remove(&key) {

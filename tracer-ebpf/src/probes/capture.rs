@@ -72,7 +72,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
                     note_read(pid_tgid, call.fd, &cfg);
                 }
             }
-            let Some(target) = on_data(ctx, pid_tgid, &call, ret as u64) else {
+            let Some(target) = on_data(pid_tgid, &call, ret as u64) else {
                 return Ok(());
             };
             if target.proto == PROTO_HTTP2 && call.kind != SRC_SENDFILE {

@@ -2,14 +2,10 @@
 //! return probe (`tls/openssl.rs`): connection tracking and classification
 //! of a call that moved payload, and assembly of its data event in this
 //! CPU's `SCRATCH` slot.
-use aya_ebpf::{
-    helpers::{
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
-    },
-    EbpfContext,
+use aya_ebpf::helpers::{
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+    generated::bpf_probe_read_user as probe_read_user_raw,
 };
-use aya_log_ebpf::debug;
 use tracer_common::{
     conn_key, ConnState, DataHeader, DataScratch, DATA_FLAG_GAP, DATA_FLAG_TRUNCATED, DIR_EGRESS,
     DIR_INGRESS, EVENT_DATA, MAX_CAPTURE, MAX_CLASSIFY_ATTEMPTS, MAX_IOV_SEGMENTS, ORIGIN_INFERRED,
@@ -145,13 +141,9 @@ fn is_tls_handshake(head: &[u8; PEEK]) -> bool {
 
 /// Tracks and classifies the connection of a captured call; returns where
 /// its data event goes, or `None` when nothing is to be sent. Shared by the
-/// syscall exit hook and the TLS return probe (`C` is either context).
-pub fn on_data<C: EbpfContext>(
-    ctx: &C,
-    pid_tgid: u64,
-    call: &PendingCall,
-    ret: u64,
-) -> Option<DataTarget> {
+/// syscall exit hook and the TLS probes.
+#[inline(always)]
+pub fn on_data(pid_tgid: u64, call: &PendingCall, ret: u64) -> Option<DataTarget> {
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, call.fd);
     let ingress = is_ingress(call.kind);
@@ -185,7 +177,6 @@ pub fn on_data<C: EbpfContext>(
             }
             bump(STAT_CONNS_INFERRED);
             bump(STAT_CONNS_HTTP);
-            debug!(ctx, "inferred HTTP connection tgid={} fd={}", tgid, call.fd);
             emit_open(pid_tgid, call.fd, &st);
             CONNS.get_ptr_mut(key)?
         }

@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::{tracepoint, uretprobe},
     programs::{RetProbeContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use tracer_common::{
     conn_key, EVENT_DLOPEN, EVENT_EXEC, EVENT_PROC_EXIT, NO_LINK_PENDING, ORIGIN_ACCEPT,
     PROTO_HTTP1, PROTO_HTTP2, PROTO_UNKNOWN, ROLE_SERVER, STAT_NO_LINK_FULL,
@@ -78,7 +79,7 @@ pub fn tracer_process_exit(_ctx: TracePointContext) -> u32 {
 /// injection on, the process's threads key no parent link: a Go program
 /// could serve its first request before the agent reads its build info.
 #[tracepoint]
-pub fn tracer_exec(_ctx: TracePointContext) -> u32 {
+pub fn tracer_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let cfg = config();
@@ -86,6 +87,12 @@ pub fn tracer_exec(_ctx: TracePointContext) -> u32 {
         if cfg.inject_context != 0 {
             if NO_THREAD_LINK.insert(tgid, NO_LINK_PENDING, 0).is_err() {
                 bump(STAT_NO_LINK_FULL);
+                // Rare and consequential: this program's threads may key
+                // injected links until the agent classifies it.
+                warn!(
+                    &ctx,
+                    "thread-link table full: pid {} not marked at exec", tgid
+                );
             }
             // The old program's SERVER context is not the new one's.
             let _ = THREAD_CTX.remove(pid_tgid);

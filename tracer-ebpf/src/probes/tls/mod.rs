@@ -1,5 +1,5 @@
-//! TLS plaintext from uprobes on TLS libraries, one file per library (for
-//! now [`openssl`]: the OpenSSL API).
+//! TLS plaintext from uprobes on TLS libraries, one file per library:
+//! [`openssl`] (the OpenSSL API) and [`golang`] (Go's `crypto/tls`).
 //!
 //! What every library's probes share: the call in progress of each thread
 //! (`TLS_CALLS`), whose socket is named by a read/write-family syscall the
@@ -7,12 +7,43 @@
 //! `sys_exit_*` hook; the socket's ciphertext is then never copied), or by
 //! the thread's read just before the call (`note_read`) for libraries that
 //! do their socket I/O outside it.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use tracer_common::{conn_key, Config, TLS_SOCKET};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, EbpfContext};
+use tracer_common::{conn_key, Config, PROTO_HTTP2, STAT_TLS_CALLS, TLS_SOCKET};
 
-use crate::maps::{config, TlsCall, CONNS, LAST_READ, TLS_CALLS};
+use crate::{
+    emit::output_scratch,
+    maps::{bump, config, PendingCall, TlsCall, CONNS, LAST_READ, TLS_CALLS, TLS_TAIL_PROGS},
+    probes::{
+        context::server_context,
+        data::{fill_scratch, on_data},
+        h2::walk_tail,
+    },
+};
 
+pub mod golang;
 pub mod openssl;
+
+/// Plaintext of a TLS call whose socket is known, from any library: the
+/// same connection tracking, classification, HTTP/2 walk, SERVER context
+/// and data event as socket payload.
+#[inline(always)]
+fn emit_plaintext<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    pending: PendingCall,
+    bytes: u64,
+) -> Option<()> {
+    bump(STAT_TLS_CALLS);
+    let target = on_data(pid_tgid, &pending, bytes)?;
+    if target.proto == PROTO_HTTP2 {
+        // Returns only if the frame walker is not loaded.
+        walk_tail(ctx, &TLS_TAIL_PROGS, pid_tgid, &pending, bytes, &target);
+    }
+    let scratch = fill_scratch(pid_tgid, &pending, bytes, &target)?;
+    server_context(ctx, &TLS_TAIL_PROGS, pid_tgid, &target, scratch);
+    output_scratch(scratch);
+    Some(())
+}
 
 /// `TlsCall::fd` before a socket is seen inside the call.
 const NO_FD: u32 = u32::MAX;

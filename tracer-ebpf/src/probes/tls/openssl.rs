@@ -17,18 +17,12 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{PROTO_HTTP2, SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_CALLS, STAT_TLS_NO_FD};
+use tracer_common::{SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_NO_FD};
 
-use super::{recent_read_fd, slot, NO_FD};
+use super::{emit_plaintext, recent_read_fd, slot, NO_FD};
 use crate::{
-    emit::output_scratch,
-    maps::{bump, config, PendingCall, SslKey, SSL_FDS, TLS_TAIL_PROGS},
-    probes::{
-        context::server_context,
-        data::{fill_scratch, on_data},
-        h2::walk_tail,
-        syscalls::traced,
-    },
+    maps::{bump, config, PendingCall, SslKey, SSL_FDS},
+    probes::syscalls::traced,
 };
 
 #[inline(always)]
@@ -152,24 +146,19 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
             }
         }
     };
-    bump(STAT_TLS_CALLS);
-    let pending = PendingCall {
+    emit_plaintext(
+        ctx,
         pid_tgid,
-        ts: call.ts,
-        ptr: call.buf,
-        len: bytes,
-        fd,
-        nr: 0,
-        kind: call.kind,
-        _pad: [0; 7],
-    };
-    let target = on_data(ctx, pid_tgid, &pending, bytes)?;
-    if target.proto == PROTO_HTTP2 {
-        // Returns only if the frame walker is not loaded.
-        walk_tail(ctx, &TLS_TAIL_PROGS, pid_tgid, &pending, bytes, &target);
-    }
-    let scratch = fill_scratch(pid_tgid, &pending, bytes, &target)?;
-    server_context(ctx, &TLS_TAIL_PROGS, pid_tgid, &target, scratch);
-    output_scratch(scratch);
-    Some(())
+        PendingCall {
+            pid_tgid,
+            ts: call.ts,
+            ptr: call.buf,
+            len: bytes,
+            fd,
+            nr: 0,
+            kind: call.kind,
+            _pad: [0; 7],
+        },
+        bytes,
+    )
 }

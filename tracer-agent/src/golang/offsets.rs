@@ -1,0 +1,99 @@
+//! Struct field offsets the Go probes follow, by Go version.
+//!
+//! From DWARF when the binary has it ([`super::dwarf`]), else from
+//! [`TABLE`]. Versions the table does not cover, in binaries without
+//! DWARF, get no probes ("not visible"), never guessed offsets.
+//!
+//! How the table is made and checked: `tests/tests/golang.rs` builds a
+//! small program with each Go toolchain the tests install (the oldest and
+//! the newest supported), reads the offsets from its DWARF with
+//! [`super::dwarf::tls_offsets`], and asserts they equal [`for_version`].
+//! A new Go release gets a row (or a wider range) only after that test
+//! passes with its toolchain.
+
+use super::buildinfo::GoVersion;
+
+/// The offsets of the path from a `*crypto/tls.Conn` to its socket fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsOffsets {
+    /// `crypto/tls.Conn.conn` (a `net.Conn` interface).
+    pub tls_conn: u16,
+    /// `fun` of `runtime.itab` (`internal/abi.ITab.Fun` from Go 1.22).
+    pub itab_fun0: u16,
+    /// `net.TCPConn.conn` + `net.conn.fd`.
+    pub tcpconn_fd: u16,
+    /// `net.netFD.pfd` + `internal/poll.FD.Sysfd`.
+    pub netfd_sysfd: u16,
+}
+
+/// The oldest Go the probes support: the register ABI (1.17) and the
+/// pclntab layout [`super::pclntab`] reads (1.18).
+pub const OLDEST: GoVersion = GoVersion {
+    major: 1,
+    minor: 18,
+    patch: 0,
+};
+
+/// Rows of (first version, last version, offsets), inclusive. The last
+/// version is a minor release: every patch release of it is covered.
+const TABLE: &[(GoVersion, GoVersion, TlsOffsets)] = &[(
+    OLDEST,
+    GoVersion {
+        major: 1,
+        minor: 27,
+        patch: u32::MAX,
+    },
+    // Unchanged from 1.18 to 1.27: `conn` is tls.Conn's first field;
+    // TCPConn embeds `conn` whose first field is `fd`; netFD starts with
+    // `pfd`, whose `fdMutex` (16 bytes) precedes `Sysfd`; an itab is two
+    // pointers and a hash padded to 8 before `fun`.
+    TlsOffsets {
+        tls_conn: 0,
+        itab_fun0: 24,
+        tcpconn_fd: 0,
+        netfd_sysfd: 16,
+    },
+)];
+
+/// The table's offsets for Go `v`, if it covers it.
+pub fn for_version(v: GoVersion) -> Option<TlsOffsets> {
+    TABLE
+        .iter()
+        .find(|(lo, hi, _)| *lo <= v && v <= *hi)
+        .map(|(_, _, o)| *o)
+}
+
+/// The range the table covers, for messages.
+pub fn supported_range() -> String {
+    match (TABLE.first(), TABLE.last()) {
+        (Some((lo, _, _)), Some((_, hi, _))) => {
+            format!("go{}.{} to go{}.{}", lo.major, lo.minor, hi.major, hi.minor)
+        }
+        _ => "none".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> GoVersion {
+        GoVersion::parse(s).expect("version")
+    }
+
+    #[test]
+    fn covers_the_supported_range_and_nothing_else() {
+        assert!(for_version(v("go1.17.13")).is_none());
+        assert_eq!(for_version(v("go1.18")).map(|o| o.netfd_sysfd), Some(16));
+        assert!(for_version(v("go1.21.13")).is_some());
+        assert!(for_version(v("go1.27.3")).is_some());
+        assert!(for_version(v("go1.28.0")).is_none());
+        assert!(for_version(GoVersion {
+            major: 2,
+            minor: 0,
+            patch: 0
+        })
+        .is_none());
+        assert_eq!(supported_range(), "go1.18 to go1.27");
+    }
+}

@@ -1,0 +1,372 @@
+//! Go's `crypto/tls` probes: which Go executables get them, where they go
+//! (`.gopclntab` and RET decoding, since Go binaries are usually
+//! stripped), and the per-process layout the kernel needs to find the
+//! socket behind a `*tls.Conn` (see `tracer_common::GoTlsLayout`).
+//!
+//! A file is analysed once (device, inode): its Go version, the struct
+//! offsets (DWARF, else the versioned table), the entries of
+//! `(*Conn).Write` and `(*Conn).Read` and every RET of `Read`. A version
+//! neither covers is not probed, with one log line: no guessed offsets.
+//! Each process running a probed file then gets its layout in the
+//! kernel's `GO_TLS` map (the `net.(*TCPConn).Close` address moves with
+//! the load address of position-independent builds), removed at exit or
+//! exec.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    path::Path,
+    sync::Arc,
+};
+
+use aya::{maps::HashMap as BpfHashMap, Ebpf};
+use object::{Object, ObjectSegment};
+use tracer_common::{GoTlsLayout, MAP_GO_TLS};
+
+use super::registry::{FileKey, Registry, MAX_REJECTED};
+use crate::{
+    golang::{
+        buildinfo::{self, BuildInfoError},
+        dwarf,
+        offsets::{self, TlsOffsets},
+        pclntab::{Pclntab, PclntabError},
+        rets::{self, Layout, RetError},
+    },
+    telemetry::Counters,
+};
+
+/// The kernel programs (see `tracer-ebpf/src/probes/tls/golang.rs`).
+pub const PROG_WRITE: &str = "tracer_go_tls_write";
+pub const PROG_READ: &str = "tracer_go_tls_read";
+pub const PROG_READ_RET: &str = "tracer_go_tls_read_ret";
+pub const PROGRAMS: [&str; 3] = [PROG_WRITE, PROG_READ, PROG_READ_RET];
+
+/// The probed functions, and the one whose address identifies a
+/// `*net.TCPConn` inside a `net.Conn`.
+pub const FN_WRITE: &str = "crypto/tls.(*Conn).Write";
+pub const FN_READ: &str = "crypto/tls.(*Conn).Read";
+pub const FN_TCPCONN_CLOSE: &str = "net.(*TCPConn).Close";
+
+/// What a Go executable's `crypto/tls` probes need, found once per file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoTlsFile {
+    pub go_version: String,
+    pub offsets: TlsOffsets,
+    /// Where the offsets came from: "DWARF" or "table".
+    pub offsets_from: &'static str,
+    /// Virtual address of `net.(*TCPConn).Close` in the file.
+    pub tcpconn_close: u64,
+    /// Virtual address of the first loaded segment (file offset 0): with
+    /// the address it is mapped at, the load bias of a PIE build.
+    pub base_vaddr: u64,
+    /// (program, file offset) of every probe.
+    pub points: Vec<(&'static str, u64)>,
+}
+
+impl GoTlsFile {
+    /// The kernel's layout for a process that loaded the file with `bias`.
+    pub fn layout(&self, bias: u64) -> GoTlsLayout {
+        GoTlsLayout {
+            tcpconn_close: self.tcpconn_close.wrapping_add(bias),
+            tls_conn: self.offsets.tls_conn,
+            itab_fun0: self.offsets.itab_fun0,
+            tcpconn_fd: self.offsets.tcpconn_fd,
+            netfd_sysfd: self.offsets.netfd_sysfd,
+        }
+    }
+}
+
+/// Why a file gets no Go TLS probes.
+#[derive(Debug, thiserror::Error)]
+pub enum GoTlsError {
+    #[error("not a Go binary")]
+    NotGo,
+    #[error("no crypto/tls in it")]
+    NoCryptoTls,
+    #[error("reading it: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    BuildInfo(#[from] BuildInfoError),
+    #[error("{0}")]
+    Pclntab(#[from] PclntabError),
+    #[error("{func}: {err}")]
+    Rets { func: &'static str, err: RetError },
+    #[error("Go version {0:?} unknown")]
+    UnknownVersion(String),
+    #[error(
+        "{0} is outside the supported range ({range}) and the binary has no DWARF",
+        range = offsets::supported_range()
+    )]
+    Unsupported(String),
+    #[error("{0} is older than the register ABI the probes read")]
+    TooOld(String),
+    #[error("its DWARF is unreadable ({0})")]
+    Dwarf(#[from] dwarf::DwarfError),
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{0} appears more than once in its function table")]
+    Duplicate(&'static str),
+}
+
+impl GoTlsError {
+    /// Whether the file simply has nothing to probe (no log line).
+    pub fn is_silent(&self) -> bool {
+        matches!(self, Self::NotGo | Self::NoCryptoTls)
+    }
+}
+
+/// Analyses the executable at `path`.
+pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
+    let mut f = File::open(path)?;
+    let info = match buildinfo::read(&mut f) {
+        Ok(Some(info)) => info,
+        Ok(None) | Err(BuildInfoError::Elf(_)) => return Err(GoTlsError::NotGo),
+        Err(e) => return Err(e.into()),
+    };
+    let version = info
+        .version()
+        .ok_or_else(|| GoTlsError::UnknownVersion(info.go_version.clone()))?;
+    if version < offsets::OLDEST {
+        return Err(GoTlsError::TooOld(info.go_version));
+    }
+    let table = Pclntab::read(&mut f)?;
+    let funcs = table.find(&[FN_WRITE, FN_READ, FN_TCPCONN_CLOSE]);
+    let one = |name: &'static str| {
+        let mut it = funcs.iter().filter(|f| f.name == name);
+        match (it.next(), it.next()) {
+            (Some(f), None) => Ok(f),
+            (None, _) => Err(GoTlsError::Missing(name)),
+            // An ABI wrapper shares the name; its arguments are on the
+            // stack, not in registers. Which is which is not certain.
+            (Some(_), Some(_)) => Err(GoTlsError::Duplicate(name)),
+        }
+    };
+    let (write, read) = match (one(FN_WRITE), one(FN_READ)) {
+        (Err(GoTlsError::Missing(_)), Err(GoTlsError::Missing(_))) => {
+            return Err(GoTlsError::NoCryptoTls)
+        }
+        (w, r) => (w?, r?),
+    };
+    let close = one(FN_TCPCONN_CLOSE)?;
+    // DWARF first (it is the binary's own truth), else the table.
+    let (offsets, offsets_from) = match dwarf::tls_offsets(&mut f)? {
+        Some(o) => (o, "DWARF"),
+        None => (
+            offsets::for_version(version)
+                .ok_or_else(|| GoTlsError::Unsupported(info.go_version.clone()))?,
+            "table",
+        ),
+    };
+    let layout = Layout::read(&mut f).map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
+    let entry = |func: &'static str, va: u64| {
+        layout.file_offset(va, 1).ok_or(GoTlsError::Rets {
+            func,
+            err: RetError::Unmapped(va),
+        })
+    };
+    let mut points = vec![
+        (PROG_WRITE, entry(FN_WRITE, write.entry)?),
+        (PROG_READ, entry(FN_READ, read.entry)?),
+    ];
+    let read_rets = rets::ret_offsets(&mut f, &layout, read)
+        .map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
+    points.extend(read_rets.into_iter().map(|o| (PROG_READ_RET, o)));
+    Ok(GoTlsFile {
+        go_version: info.go_version,
+        offsets,
+        offsets_from,
+        tcpconn_close: close.entry,
+        base_vaddr: base_vaddr(&mut f)?,
+        points,
+    })
+}
+
+/// The virtual address of the segment that maps file offset 0.
+fn base_vaddr(f: &mut File) -> Result<u64, GoTlsError> {
+    let cache = object::ReadCache::new(&mut *f);
+    let file = object::File::parse(&cache).map_err(BuildInfoError::Elf)?;
+    file.segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address() & !0xfff)
+        .ok_or(GoTlsError::Missing("a segment at file offset 0"))
+}
+
+/// Where process `pid` mapped file `key` at offset 0, from its maps.
+fn mapped_at(pid: u32, key: FileKey) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (range, _perms, off, dev, inode) =
+            (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        if u64::from_str_radix(off, 16).ok()? != 0 || inode.parse::<u64>().ok()? != key.1 {
+            return None;
+        }
+        let (major, minor) = dev.split_once(':')?;
+        let dev = libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        );
+        if dev != key.0 {
+            return None;
+        }
+        u64::from_str_radix(range.split_once('-')?.0, 16).ok()
+    })
+}
+
+/// The file behind `/proc/PID/exe`, for messages.
+fn real_path(exe: &Path) -> std::path::PathBuf {
+    std::fs::read_link(exe).unwrap_or_else(|_| exe.to_path_buf())
+}
+
+/// What is known of an executable.
+enum Analysis {
+    Usable(Arc<GoTlsFile>),
+    /// Nothing to probe, or not probeable (the reason is in the registry).
+    Skip,
+}
+
+/// The Go side of the TLS probes.
+pub struct GoTls {
+    files: HashMap<FileKey, Analysis>,
+    /// Go executables whose TLS cannot be probed, and why.
+    not_visible: HashMap<FileKey, String>,
+    /// Processes with a layout in the kernel.
+    described: HashSet<u32>,
+    counters: Arc<Counters>,
+}
+
+impl GoTls {
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            files: HashMap::new(),
+            not_visible: HashMap::new(),
+            described: HashSet::new(),
+            counters,
+        }
+    }
+
+    /// Whether file `key` is a Go executable already analysed as
+    /// probeable (so a new process of it can be described at once).
+    pub fn is_probeable(&self, key: &FileKey) -> bool {
+        matches!(self.files.get(key), Some(Analysis::Usable(_)))
+    }
+
+    /// Why the Go executable `key`'s TLS is not visible, if it is one.
+    pub fn why_not_visible(&self, key: &FileKey) -> Option<&str> {
+        self.not_visible.get(key).map(String::as_str)
+    }
+
+    /// Probes process `pid`'s executable `exe` (file `key`) if it is a Go
+    /// binary using crypto/tls, and describes the process to the kernel.
+    /// Returns false when it is not a Go binary (other TLS libraries may
+    /// then be looked for in it).
+    pub fn scan(
+        &mut self,
+        ebpf: &mut Ebpf,
+        registry: &mut Registry,
+        pid: u32,
+        key: FileKey,
+        exe: &Path,
+    ) -> bool {
+        if !self.files.contains_key(&key) {
+            let a = self.analyse(registry, key, exe);
+            if self.files.len() >= MAX_REJECTED {
+                self.files.clear();
+            }
+            self.files.insert(key, a);
+        }
+        let file = match self.files.get(&key) {
+            Some(Analysis::Usable(f)) => f.clone(),
+            Some(Analysis::Skip) | None => {
+                self.forget(ebpf, pid);
+                return self.not_visible.contains_key(&key);
+            }
+        };
+        if let Err(e) = registry.attach_offsets(ebpf, key, exe, Some(pid), &file.points) {
+            // A process gone before its probes went on says nothing about
+            // the file; a file that takes no probes is remembered.
+            if exe.exists() && registry.rejected(&key).is_none() {
+                self.not_visible_because(registry, key, exe, &e);
+            }
+            return true;
+        }
+        let bias = mapped_at(pid, key)
+            .map(|at| at.wrapping_sub(file.base_vaddr))
+            .unwrap_or(0);
+        self.describe(ebpf, pid, file.layout(bias));
+        true
+    }
+
+    fn analyse(&mut self, registry: &mut Registry, key: FileKey, exe: &Path) -> Analysis {
+        match analyse(exe) {
+            Ok(f) => {
+                tracing::info!(
+                    "Go TLS: {} ({}, offsets from {}): {} probes",
+                    real_path(exe).display(),
+                    f.go_version,
+                    f.offsets_from,
+                    f.points.len()
+                );
+                Analysis::Usable(Arc::new(f))
+            }
+            Err(e) if e.is_silent() => Analysis::Skip,
+            Err(e) => {
+                self.not_visible_because(registry, key, exe, &e);
+                Analysis::Skip
+            }
+        }
+    }
+
+    /// Says once why the Go executable `key` is not probed, and remembers.
+    fn not_visible_because(
+        &mut self,
+        registry: &mut Registry,
+        key: FileKey,
+        exe: &Path,
+        e: &dyn std::fmt::Display,
+    ) {
+        tracing::warn!(
+            "Go TLS of {} is not visible: {e}; its HTTPS requests produce no spans",
+            real_path(exe).display()
+        );
+        Counters::inc(&self.counters.go_tls_not_visible);
+        let why = format!("its Go crypto/tls cannot be probed: {e}");
+        registry.reject(key, why.clone());
+        if self.not_visible.len() >= MAX_REJECTED {
+            self.not_visible.clear();
+        }
+        self.not_visible.insert(key, why);
+    }
+
+    fn describe(&mut self, ebpf: &mut Ebpf, pid: u32, layout: GoTlsLayout) {
+        let Some(map) = ebpf.map_mut(MAP_GO_TLS) else {
+            return;
+        };
+        let Ok(mut map) = BpfHashMap::<_, u32, GoTlsLayout>::try_from(map) else {
+            return;
+        };
+        match map.insert(pid, layout, 0) {
+            Ok(()) => {
+                self.described.insert(pid);
+            }
+            Err(e) => {
+                Counters::inc(&self.counters.go_tls_not_visible);
+                tracing::warn!(
+                    "Go TLS of pid {pid} is not visible: the kernel's table is full ({e})"
+                );
+            }
+        }
+    }
+
+    /// Process `pid` exited or runs another program: its layout goes.
+    pub fn forget(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if !self.described.remove(&pid) {
+            return;
+        }
+        if let Some(map) = ebpf.map_mut(MAP_GO_TLS) {
+            if let Ok(mut map) = BpfHashMap::<_, u32, GoTlsLayout>::try_from(map) {
+                let _ = map.remove(&pid);
+            }
+        }
+    }
+}

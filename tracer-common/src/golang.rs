@@ -1,0 +1,36 @@
+//! What the agent tells the kernel about a Go process so that its
+//! `crypto/tls` probes can find the socket behind a `*tls.Conn`.
+
+/// Where the socket fd is inside a Go program's `crypto/tls.Conn`, and how
+/// to tell that its `net.Conn` really is a `*net.TCPConn`. One per traced
+/// Go process (in [`crate::MAP_GO_TLS`]): field offsets depend on the Go
+/// version, and the function address on where the binary is loaded.
+///
+/// The path, from the `*tls.Conn` in RAX (Go register ABI):
+/// `Conn.conn` (a `net.Conn` interface: itab pointer, then data pointer)
+/// -> `*net.TCPConn` -> `conn.fd` (`*net.netFD`) -> `pfd.Sysfd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsLayout {
+    /// Run-time address of `net.(*TCPConn).Close`: the first method slot
+    /// of the itab of a `net.Conn` holding a `*net.TCPConn` (interface
+    /// methods are sorted by name, and `Close` comes first). Anything
+    /// else in `Conn.conn` (a wrapped or custom conn) is not followed.
+    pub tcpconn_close: u64,
+    /// Offset of `crypto/tls.Conn.conn`.
+    pub tls_conn: u16,
+    /// Offset of the itab's first method slot (`itab.fun[0]`).
+    pub itab_fun0: u16,
+    /// Offset of `net.conn.fd` inside `net.TCPConn`.
+    pub tcpconn_fd: u16,
+    /// Offset of `poll.FD.Sysfd` inside `net.netFD` (through `pfd`).
+    pub netfd_sysfd: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `repr(C)`, no padding, integer fields only.
+    unsafe impl aya::Pod for super::GoTlsLayout {}
+}

@@ -1,0 +1,234 @@
+//! TLS plaintext from Go's `crypto/tls` (Go >= 1.17, amd64 register ABI:
+//! arguments in RAX, RBX, RCX, ..., results in RAX, RBX, ..., the current
+//! goroutine's `g` in R14). The agent places the probes by file offset,
+//! from `.gopclntab` (Go binaries are usually stripped).
+//!
+//! - `func (c *Conn) Write(b []byte) (int, error)`: the plaintext is in
+//!   `b` at entry (RAX = c, RBX = b.ptr, RCX = b.len), so one entry probe
+//!   captures it.
+//! - `func (c *Conn) Read(b []byte) (int, error)`: the entry probe saves
+//!   `b.ptr` and the socket, keyed by goroutine (a Read that parks in the
+//!   netpoller resumes on whatever thread the scheduler picks); a uprobe
+//!   on each of its RET instructions (uretprobes crash Go: the runtime
+//!   copies stacks and trips over the foreign return address) captures
+//!   `n` = RAX bytes.
+//!
+//! The socket comes from the `*tls.Conn` itself (see
+//! `tracer_common::GoTlsLayout`), read at entry: the ciphertext syscalls
+//! the call makes are then skipped by the connection's TLS state, as for
+//! OpenSSL.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::uprobe,
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext as _,
+};
+use tracer_common::{
+    GoTlsLayout, SRC_SSL_READ, SRC_SSL_WRITE, STAT_GO_TLS_NO_CONN, STAT_GO_TLS_NO_LAYOUT,
+    STAT_GO_TLS_READ_LOST,
+};
+
+use super::emit_plaintext;
+use crate::{
+    maps::{bump, config, GoRead, GoReadKey, PendingCall, GO_TLS, GO_TLS_READS},
+    probes::syscalls::traced,
+};
+
+/// `GoRead::fd` of a Read whose socket could not be followed.
+const NO_SOCKET: u32 = u32::MAX;
+
+/// Largest fd taken from a Go `poll.FD` (anything beyond is not an fd).
+const MAX_FD: i64 = 1 << 24;
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the user address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// The socket fd behind `*tls.Conn` `c`, when its `net.Conn` is a
+/// `*net.TCPConn` (checked by the itab's first method).
+#[inline(always)]
+fn conn_fd(c: u64, l: &GoTlsLayout) -> Option<u32> {
+    let iface = c.checked_add(u64::from(l.tls_conn))?;
+    let tab = read_u64(iface)?;
+    let data = read_u64(iface.checked_add(8)?)?;
+    if tab == 0
+        || data == 0
+        || read_u64(tab.checked_add(u64::from(l.itab_fun0))?)? != l.tcpconn_close
+    {
+        return None;
+    }
+    let netfd = read_u64(data.checked_add(u64::from(l.tcpconn_fd))?)?;
+    let sysfd = read_u64(netfd.checked_add(u64::from(l.netfd_sysfd))?)? as i64;
+    (0..MAX_FD).contains(&sysfd).then_some(sysfd as u32)
+}
+
+/// The context the shared data path is instantiated with (the OpenSSL
+/// return probe's): a second instantiation for `ProbeContext` would emit
+/// out-of-line copies of its helpers whose BTF kernels before 6.18 reject
+/// (and, with it, the object's BTF that `bpf_loop` callbacks need).
+#[inline(always)]
+fn shared_ctx(ctx: &ProbeContext) -> RetProbeContext {
+    RetProbeContext::new(ctx.as_ptr())
+}
+
+/// The registers a probe reads (x86-64 `pt_regs`).
+struct Regs {
+    rax: u64,
+    rbx: u64,
+    rcx: u64,
+    r14: u64,
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> Regs {
+    // SAFETY: `ctx.regs` is the probe's `pt_regs`, readable directly by a
+    // kprobe-type program.
+    unsafe {
+        let r = &*ctx.regs;
+        Regs {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            r14: r.r14,
+        }
+    }
+}
+
+/// The traced process's layout and the call's socket, or `None` (counted).
+#[inline(always)]
+fn socket(tgid: u32, c: u64) -> Option<u32> {
+    // SAFETY: plain value copy.
+    let Some(layout) = (unsafe { GO_TLS.get(tgid) }).copied() else {
+        bump(STAT_GO_TLS_NO_LAYOUT);
+        return None;
+    };
+    let fd = conn_fd(c, &layout);
+    if fd.is_none() {
+        bump(STAT_GO_TLS_NO_CONN);
+    }
+    fd
+}
+
+/// Entry of `crypto/tls.(*Conn).Write`.
+#[uprobe]
+pub fn tracer_go_tls_write(ctx: ProbeContext) -> u32 {
+    let _ = on_write(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_write(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !traced(tgid, &config()) {
+        return None;
+    }
+    let r = regs(ctx);
+    if r.rcx == 0 || r.rcx > i64::MAX as u64 {
+        return None;
+    }
+    let fd = socket(tgid, r.rax)?;
+    emit_plaintext(
+        &shared_ctx(ctx),
+        pid_tgid,
+        PendingCall {
+            pid_tgid,
+            // SAFETY: no preconditions.
+            ts: unsafe { bpf_ktime_get_ns() },
+            ptr: r.rbx,
+            len: r.rcx,
+            fd,
+            nr: 0,
+            kind: SRC_SSL_WRITE,
+            _pad: [0; 7],
+        },
+        r.rcx,
+    )
+}
+
+/// Entry of `crypto/tls.(*Conn).Read`.
+#[uprobe]
+pub fn tracer_go_tls_read(ctx: ProbeContext) -> u32 {
+    let _ = on_read(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_read(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !traced(tgid, &config()) {
+        return None;
+    }
+    let r = regs(ctx);
+    if r.r14 == 0 || r.rcx == 0 {
+        return None;
+    }
+    // Saved even without a socket (`NO_SOCKET`), so that its returns are
+    // not counted as lost.
+    let fd = socket(tgid, r.rax).unwrap_or(NO_SOCKET);
+    let key = GoReadKey {
+        tgid,
+        _pad: 0,
+        g: r.r14,
+    };
+    let call = GoRead {
+        buf: r.rbx,
+        // SAFETY: no preconditions.
+        ts: unsafe { bpf_ktime_get_ns() },
+        fd,
+        _pad: 0,
+    };
+    GO_TLS_READS.insert(key, call, 0).ok()
+}
+
+/// Each RET of `crypto/tls.(*Conn).Read`: RAX is the byte count.
+#[uprobe]
+pub fn tracer_go_tls_read_ret(ctx: ProbeContext) -> u32 {
+    let _ = on_read_ret(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_read_ret(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let r = regs(ctx);
+    let key = GoReadKey {
+        tgid,
+        _pad: 0,
+        g: r.r14,
+    };
+    // SAFETY: plain value copy.
+    let Some(call) = (unsafe { GO_TLS_READS.get(key) }).copied() else {
+        // A process not traced (or not described) saved nothing: only a
+        // described one counts as lost.
+        // SAFETY: presence check only.
+        if traced(tgid, &config()) && unsafe { GO_TLS.get(tgid) }.is_some() {
+            bump(STAT_GO_TLS_READ_LOST);
+        }
+        return None;
+    };
+    let _ = GO_TLS_READS.remove(key);
+    let n = r.rax as i64;
+    if n <= 0 || call.fd == NO_SOCKET {
+        return None;
+    }
+    emit_plaintext(
+        &shared_ctx(ctx),
+        pid_tgid,
+        PendingCall {
+            pid_tgid,
+            ts: call.ts,
+            ptr: call.buf,
+            len: n as u64,
+            fd: call.fd,
+            nr: 0,
+            kind: SRC_SSL_READ,
+            _pad: [0; 7],
+        },
+        n as u64,
+    )
+}
