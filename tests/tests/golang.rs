@@ -83,7 +83,9 @@ fn fan_out_over(agent: &Agent, scheme: &'static str, go_port: u16, down_port: u1
         let workers: Vec<_> = (0..CONCURRENT)
             .map(|i| {
                 let url = format!("{scheme}://127.0.0.1:{go_port}/{shape}/p{go_port}t{i}");
-                thread::spawn(move || curl(&["-k", "-o", "/dev/null", "-f", &url]))
+                // HTTP/1.1 over TLS too (curl would ask for h2, whose
+                // handlers' calls are not linked yet).
+                thread::spawn(move || curl(&["-k", "--http1.1", "-o", "/dev/null", "-f", &url]))
             })
             .collect();
         for w in workers {
@@ -166,29 +168,38 @@ fn summary(agent: &mut Agent) -> String {
         .to_owned()
 }
 
-/// The concurrent fan-out that once gave 6 CLIENT spans the wrong parent:
-/// with goroutine links not built yet, every call must be a counted root,
-/// never a wrong child.
+/// The concurrent fan-out that once gave 6 CLIENT spans the wrong parent
+/// (thread-keyed links): 8 concurrent requests of each shape (a call from
+/// the handler's goroutine, from a goroutine it spawned, and fanned out to
+/// 3 goroutines), and every call is linked to exactly the request that
+/// caused it, through goroutine contexts.
 #[test]
-fn go_fan_out_is_never_linked_to_the_wrong_request() {
-    if !require_root("go_fan_out_is_never_linked_to_the_wrong_request") {
+fn go_fan_out_links_every_call_to_its_request() {
+    if !require_root("go_fan_out_links_every_call_to_its_request") {
         return;
     }
-    let bin = build("fanout", NEWEST, false);
-    let mut agent = Agent::start(&[]);
     let down = free_port();
     let _py = python_server(down);
-    let go_port = free_port();
-    let _go = fanout(&bin, go_port, &format!("http://127.0.0.1:{down}"), None);
-    let spans = fan_out(&agent, go_port, down);
-    let (exact, roots) = spans.check_links();
-    assert_eq!((exact, roots), (0, spans.clients.len()));
+    let base = format!("http://127.0.0.1:{down}");
+    // One service running before the agent (unstripped: offsets from its
+    // DWARF), one started after (stripped: from the table), of the oldest
+    // and the newest Go.
+    let early_port = free_port();
+    let _early = fanout(&build("fanout", OLDEST, false), early_port, &base, None);
+    let mut agent = Agent::start(&[]);
+    let late_port = free_port();
+    let _late = fanout(&build("fanout", NEWEST, true), late_port, &base, None);
+    let mut calls = 0;
+    for port in [early_port, late_port] {
+        let spans = fan_out(&agent, port, down);
+        let (exact, roots) = spans.check_links();
+        assert_eq!((exact, roots), (spans.clients.len(), 0), "port {port}");
+        calls += spans.clients.len();
+    }
     let line = summary(&mut agent);
-    assert!(
-        line.contains(&format!("links_unfollowable={}", spans.clients.len())),
-        "{line}"
-    );
-    assert!(!line.contains("links_in_process"), "{line}");
+    assert!(line.contains(&format!("links_goroutine={calls}")), "{line}");
+    assert!(!line.contains("links_unfollowable"), "{line}");
+    assert!(!line.contains("go_serve_unmatched"), "{line}");
 }
 
 /// The same with context injection: the kernel must not link by thread
@@ -406,8 +417,8 @@ fn go_tls_gives_server_and_client_spans_from_stripped_binaries() {
             // The Python side saw the same request.
             assert!(spans.downstream.contains_key(path), "{path}");
         }
-        // Goroutine links are not built yet: every call is a counted root.
-        assert_eq!(spans.check_links(), (0, calls));
+        // Every call is the child of exactly its request, over TLS too.
+        assert_eq!(spans.check_links(), (calls, 0));
         let ours = format!("/p{port}t");
         assert_exactly(&agent, SHAPES.len() * CONCURRENT, "Go SERVER spans", |sp| {
             exe(sp).starts_with("fanout")
@@ -420,7 +431,9 @@ fn go_tls_gives_server_and_client_spans_from_stripped_binaries() {
                 && attr(sp, "url.path").as_str().unwrap_or("").contains(&ours)
         });
     }
-    // HTTP/2 over Go's TLS (ALPN h2, as curl asks).
+    // HTTP/2 over Go's TLS (ALPN h2, as curl asks): SERVER spans; the
+    // calls its handlers make are counted roots (HTTP/2 serving is not
+    // followed by the goroutine probes yet).
     for i in 0..4 {
         let (_, code) = curl(&[
             "-k",
@@ -474,6 +487,13 @@ fn go_tls_offsets_table_matches_dwarf_of_every_toolchain() {
             .unwrap_or_else(|| panic!("Go {v}: no DWARF"));
         let version = buildinfo::GoVersion::parse(&format!("go{v}")).expect("version");
         assert_eq!(Some(from_dwarf), offsets::for_version(version), "Go {v}");
+        let mut f = File::open(&full).expect("open");
+        let members = dwarf::members(&mut f).expect("reads").expect("has DWARF");
+        assert_eq!(
+            dwarf::http_from(&members).ok(),
+            offsets::http_for_version(version),
+            "Go {v}: net/http"
+        );
         let stripped = build("fanout", v, true);
         let mut f = File::open(&stripped).expect("open");
         assert!(dwarf::tls_offsets(&mut f).expect("reads").is_none());
@@ -486,6 +506,11 @@ fn go_tls_offsets_table_matches_dwarf_of_every_toolchain() {
         assert_eq!(a.points.len(), b.points.len(), "Go {v}");
         assert!(a.points.len() >= 3, "Go {v}: {:?}", a.points);
         assert_eq!(a.tcpconn_close, b.tcpconn_close);
+        // Goroutine links: the same probes either way.
+        let (la, lb) = (a.links.expect("links"), b.links.expect("links"));
+        assert_eq!(la.http, lb.http);
+        assert_eq!(la.points, lb.points);
+        assert!(la.points.len() >= 4, "{:?}", la.points);
     }
     // Debian's stripped Go programs: inside the table's range.
     for bin in [
@@ -496,6 +521,13 @@ fn go_tls_offsets_table_matches_dwarf_of_every_toolchain() {
     ] {
         let a = analyse(std::path::Path::new(bin)).unwrap_or_else(|e| panic!("{bin}: {e}"));
         assert_eq!(a.offsets_from, "table", "{bin}");
+        // Servers have goroutine links; hey, a client only, has no
+        // net/http server in it to start a context.
+        if bin.ends_with("hey") {
+            assert!(a.links.is_err(), "{bin}");
+        } else {
+            assert!(a.links.is_ok(), "{bin}: {:?}", a.links);
+        }
     }
     // Not Go, and Go without crypto/tls, are told apart from failures.
     let nginx = analyse(std::path::Path::new("/usr/sbin/nginx")).expect_err("not Go");

@@ -25,6 +25,17 @@ pub const EVENT_DLOPEN: u8 = 8;
 /// A socket's first bytes were a TLS handshake (layout [`TlsSeenEvent`]);
 /// the agent checks whether that process's TLS library is probed.
 pub const EVENT_TLS_SEEN: u8 = 9;
+/// A Go goroutine's request context met a connection (layout
+/// [`GoTaskEvent`]): the agent links by it instead of by thread.
+pub const EVENT_GO_TASK: u8 = 10;
+
+/// [`GoTaskEvent::role`]: net/http began serving the request just read
+/// on `fd`, in a goroutine that now carries context `ctx_id`.
+pub const GO_TASK_SERVE: u8 = 1;
+/// [`GoTaskEvent::role`]: the next request written on client connection
+/// `fd` is made on behalf of context `ctx_id` (net/http's transport took
+/// it from a goroutine carrying that context).
+pub const GO_TASK_CLIENT: u8 = 2;
 
 /// Bytes read by the traced process (it received them).
 pub const DIR_INGRESS: u8 = 0;
@@ -150,6 +161,22 @@ pub struct TlsSeenEvent {
     pub comm: [u8; 16],
 }
 
+/// See [`EVENT_GO_TASK`]. `ctx_id` names a SERVER request of the process:
+/// chosen by the kernel when net/http starts serving it, inherited by the
+/// goroutines its goroutine starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTaskEvent {
+    pub kind: u8,
+    pub role: u8,
+    pub _pad: [u8; 2],
+    pub tgid: u32,
+    pub fd: u32,
+    pub _pad2: u32,
+    pub ctx_id: u64,
+    pub ts: u64,
+}
+
 /// Per-CPU scratch value used to assemble a data event: the header, then room
 /// for two capture caps so that `offset < MAX_CAPTURE` plus
 /// `len <= MAX_CAPTURE` is provably in bounds for the verifier.
@@ -164,6 +191,7 @@ const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<TlsSeenEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<GoTaskEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SegmentHeader>() == 8);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);

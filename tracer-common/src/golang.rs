@@ -25,9 +25,24 @@ pub struct GoTlsLayout {
     pub tcpconn_fd: u16,
     /// Offset of `poll.FD.Sysfd` inside `net.netFD` (through `pfd`).
     pub netfd_sysfd: u16,
+    /// Run-time address of `crypto/tls.(*Conn).Close`: the first method
+    /// slot of a `net.Conn` holding a `*tls.Conn` (HTTPS connections of
+    /// net/http), whose socket is then followed as above.
+    pub tlsconn_close: u64,
+    /// Run-time address of `net/http.(*response).Header`: the first method
+    /// slot of a `http.ResponseWriter` holding net/http's HTTP/1
+    /// `*response` (0: goroutine links off for the process).
+    pub response_header: u64,
+    /// Offset of `net/http.response.conn` (`*http.conn`).
+    pub response_conn: u16,
+    /// Offset of `net/http.conn.rwc` (`net.Conn`).
+    pub conn_rwc: u16,
+    /// Offset of `net/http.persistConn.conn` (`net.Conn`).
+    pub pconn_conn: u16,
+    pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 16);
+const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 40);
 
 #[cfg(feature = "user")]
 mod user {

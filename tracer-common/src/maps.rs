@@ -113,6 +113,12 @@ pub const MAX_GO_TLS: u32 = 16_384;
 pub const MAP_GO_TLS_READS: &str = "GO_TLS_READS";
 /// Size of [`MAP_GO_TLS_READS`] (LRU).
 pub const MAX_GO_TLS_READS: u32 = 65_536;
+/// The request context each goroutine carries, keyed by (tgid, g): set
+/// where net/http starts serving a request, inherited at goroutine
+/// creation (`runtime.newproc1`), overwritten when a `g` is reused.
+pub const MAP_GO_CTX: &str = "GO_CTX";
+/// Size of [`MAP_GO_CTX`] (LRU: goroutine exit is not probed).
+pub const MAX_GO_CTX: u32 = 262_144;
 /// Set by the exec hook: a new program the agent has not classified yet.
 pub const NO_LINK_PENDING: u8 = 1;
 /// Set by the agent: the runtime runs many requests on each OS thread in

@@ -2,9 +2,9 @@
 //! full ring drops the event and counts it (`STAT_RINGBUF_DROPS`).
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_ktime_get_ns};
 use tracer_common::{
-    ConnCloseEvent, ConnOpenEvent, ConnState, DataHeader, DataScratch, ProcEvent, TlsSeenEvent,
-    TraceCtxEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DLOPEN, EVENT_EXEC, EVENT_TLS_SEEN,
-    MAX_CAPTURE, STAT_RINGBUF_DROPS,
+    ConnCloseEvent, ConnOpenEvent, ConnState, DataHeader, DataScratch, GoTaskEvent, ProcEvent,
+    TlsSeenEvent, TraceCtxEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DLOPEN, EVENT_EXEC,
+    EVENT_TLS_SEEN, MAX_CAPTURE, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{bump, EVENTS};
@@ -49,6 +49,14 @@ pub fn emit_proc(kind: u8, tgid: u32) {
         RB_FLAGS
     };
     if EVENTS.output::<ProcEvent>(&ev, flags).is_err() {
+        bump(STAT_RINGBUF_DROPS);
+    }
+}
+
+/// A goroutine context met a connection (see `probes::goroutines`).
+#[inline(always)]
+pub fn emit_go_task(ev: &GoTaskEvent) {
+    if EVENTS.output::<GoTaskEvent>(ev, RB_FLAGS).is_err() {
         bump(STAT_RINGBUF_DROPS);
     }
 }

@@ -12,7 +12,7 @@ use tracer_common::{
     MAX_PARENTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
     TRACESTATE_MAX,
 };
-use tracer_common::{GoTlsLayout, MAX_GO_TLS, MAX_GO_TLS_READS};
+use tracer_common::{GoTlsLayout, MAX_GO_CTX, MAX_GO_TLS, MAX_GO_TLS_READS};
 
 use crate::scan::head::{HeadScan, SCAN_BUF};
 
@@ -317,12 +317,12 @@ pub static TLS_TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 #[map]
 pub static GO_TLS: HashMap<u32, GoTlsLayout> = HashMap::with_max_entries(MAX_GO_TLS, 0);
 
-/// Key of [`GO_TLS_READS`]: the goroutine is its `g` pointer (R14 under
-/// Go's register ABI), which stays the same when the goroutine moves to
-/// another thread or its stack is moved.
+/// A goroutine of a process, keyed by its `g` pointer (R14 under Go's
+/// register ABI), which stays the same when the goroutine moves to
+/// another thread or its stack is moved (and is reused after it exits).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct GoReadKey {
+pub struct GoKey {
     pub tgid: u32,
     pub _pad: u32,
     pub g: u64,
@@ -342,8 +342,19 @@ pub struct GoRead {
 /// LRU: a goroutine that never returns from Read (its process killed)
 /// cannot leak an entry for long; evictions show as `go_tls_read_lost`.
 #[map]
-pub static GO_TLS_READS: LruHashMap<GoReadKey, GoRead> =
+pub static GO_TLS_READS: LruHashMap<GoKey, GoRead> =
     LruHashMap::with_max_entries(MAX_GO_TLS_READS, 0);
+
+/// See `tracer_common::MAP_GO_CTX`: the request context id of each
+/// goroutine that carries one.
+#[map]
+pub static GO_CTX: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(MAX_GO_CTX, 0);
+
+/// `runtime.newproc1`'s `callergp` argument, from its entry to its RETs
+/// (it runs on the system stack, never switching goroutines: keyed by
+/// thread).
+#[map]
+pub static GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// The last read-family syscall of a thread (outside TLS calls).
 #[repr(C)]

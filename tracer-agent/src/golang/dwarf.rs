@@ -15,7 +15,7 @@ use std::{
 use gimli::{AttributeValue, EndianSlice, LittleEndian};
 use object::{Object, ObjectSection};
 
-use super::offsets::TlsOffsets;
+use super::offsets::{HttpOffsets, TlsOffsets};
 
 /// Largest DWARF section decompressed (Go's biggest binaries have tens of
 /// MiB of `.debug_info`).
@@ -34,7 +34,10 @@ pub enum DwarfError {
 }
 
 /// The (struct, member) pairs looked for.
-const WANTED: [(&str, &str); 7] = [
+const WANTED: [(&str, &str); 10] = [
+    ("net/http.response", "conn"),
+    ("net/http.conn", "rwc"),
+    ("net/http.persistConn", "conn"),
     ("crypto/tls.Conn", "conn"),
     ("net.TCPConn", "conn"),
     ("net.conn", "fd"),
@@ -129,20 +132,42 @@ pub fn members<R: Read + Seek>(f: &mut R) -> Result<Option<Members>, DwarfError>
 /// The TLS path's offsets from the ELF file `f`'s DWARF; `Ok(None)` when
 /// it has none.
 pub fn tls_offsets<R: Read + Seek>(f: &mut R) -> Result<Option<TlsOffsets>, DwarfError> {
-    let Some(m) = members(f)? else {
-        return Ok(None);
-    };
-    let get = |s: &str, f: &'static str| -> Result<u64, DwarfError> {
+    match members(f)? {
+        Some(m) => tls_from(&m).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn getter(m: &Members) -> impl Fn(&str, &'static str) -> Result<u64, DwarfError> + '_ {
+    move |s, f| {
         m.get(&(s.to_owned(), f.to_owned()))
             .copied()
             .ok_or(DwarfError::Missing(f))
-    };
+    }
+}
+
+fn narrow(v: u64) -> Result<u16, DwarfError> {
+    u16::try_from(v).map_err(|_| DwarfError::Missing("a small offset"))
+}
+
+/// net/http's offsets from members read by [`members`].
+pub fn http_from(m: &Members) -> Result<HttpOffsets, DwarfError> {
+    let get = getter(m);
+    Ok(HttpOffsets {
+        response_conn: narrow(get("net/http.response", "conn")?)?,
+        conn_rwc: narrow(get("net/http.conn", "rwc")?)?,
+        pconn_conn: narrow(get("net/http.persistConn", "conn")?)?,
+    })
+}
+
+/// The TLS path's offsets from members read by [`members`].
+pub fn tls_from(m: &Members) -> Result<TlsOffsets, DwarfError> {
+    let get = getter(m);
     let fun = get("internal/abi.ITab", "Fun").or_else(|_| get("runtime.itab", "fun"))?;
-    let narrow = |v: u64| u16::try_from(v).map_err(|_| DwarfError::Missing("a small offset"));
-    Ok(Some(TlsOffsets {
+    Ok(TlsOffsets {
         tls_conn: narrow(get("crypto/tls.Conn", "conn")?)?,
         itab_fun0: narrow(fun)?,
         tcpconn_fd: narrow(get("net.TCPConn", "conn")? + get("net.conn", "fd")?)?,
         netfd_sysfd: narrow(get("net.netFD", "pfd")? + get("internal/poll.FD", "Sysfd")?)?,
-    }))
+    })
 }

@@ -26,6 +26,17 @@ pub struct TlsOffsets {
     pub netfd_sysfd: u16,
 }
 
+/// The offsets net/http's request-context probes follow to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOffsets {
+    /// `net/http.response.conn` (`*conn`).
+    pub response_conn: u16,
+    /// `net/http.conn.rwc` (`net.Conn`).
+    pub conn_rwc: u16,
+    /// `net/http.persistConn.conn` (`net.Conn`).
+    pub pconn_conn: u16,
+}
+
 /// The oldest Go the probes support: the register ABI (1.17) and the
 /// pclntab layout [`super::pclntab`] reads (1.18).
 pub const OLDEST: GoVersion = GoVersion {
@@ -55,9 +66,36 @@ const TABLE: &[(GoVersion, GoVersion, TlsOffsets)] = &[(
     },
 )];
 
+/// Rows like [`TABLE`]'s, for net/http (part of the standard library, so
+/// keyed by Go version too).
+const HTTP_TABLE: &[(GoVersion, GoVersion, HttpOffsets)] = &[(
+    OLDEST,
+    GoVersion {
+        major: 1,
+        minor: 27,
+        patch: u32::MAX,
+    },
+    // `response` starts with `conn`; `conn` with `server` and
+    // `cancelCtx` (a func value) before `rwc`; `persistConn` with `alt`
+    // (an interface), `t` and the 56-byte `cacheKey` before `conn`.
+    HttpOffsets {
+        response_conn: 0,
+        conn_rwc: 16,
+        pconn_conn: 80,
+    },
+)];
+
 /// The table's offsets for Go `v`, if it covers it.
 pub fn for_version(v: GoVersion) -> Option<TlsOffsets> {
     TABLE
+        .iter()
+        .find(|(lo, hi, _)| *lo <= v && v <= *hi)
+        .map(|(_, _, o)| *o)
+}
+
+/// The net/http table's offsets for Go `v`, if it covers it.
+pub fn http_for_version(v: GoVersion) -> Option<HttpOffsets> {
+    HTTP_TABLE
         .iter()
         .find(|(lo, hi, _)| *lo <= v && v <= *hi)
         .map(|(_, _, o)| *o)

@@ -4,9 +4,9 @@
 
 use thiserror::Error;
 use tracer_common::{
-    ConnCloseEvent, ConnOpenEvent, DataHeader, ProcEvent, TlsSeenEvent, TraceCtxEvent,
+    ConnCloseEvent, ConnOpenEvent, DataHeader, GoTaskEvent, ProcEvent, TlsSeenEvent, TraceCtxEvent,
     DATA_FLAG_SEGMENTS, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_DLOPEN, EVENT_EXEC,
-    EVENT_INJECTED, EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
+    EVENT_GO_TASK, EVENT_INJECTED, EVENT_PROC_EXIT, EVENT_SERVER_CTX, EVENT_TLS_SEEN, MAX_CAPTURE,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub enum Event<'a> {
     Proc(ProcEvent),
     /// A TLS handshake on a socket of this process.
     TlsSeen(TlsSeenEvent),
+    /// A Go goroutine's request context met a connection.
+    GoTask(GoTaskEvent),
 }
 
 /// Reads a `T` from the start of `buf` after checking its length.
@@ -75,6 +77,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_SERVER_CTX | EVENT_INJECTED => Ok(Event::Context(read(buf)?)),
         EVENT_EXEC | EVENT_DLOPEN => Ok(Event::Proc(read(buf)?)),
         EVENT_TLS_SEEN => Ok(Event::TlsSeen(read(buf)?)),
+        EVENT_GO_TASK => Ok(Event::GoTask(read(buf)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

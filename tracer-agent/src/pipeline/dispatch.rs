@@ -44,7 +44,12 @@ impl Pipeline {
                 },
                 &self.counters,
             ),
+            Ok(Event::GoTask(ev)) => {
+                let conn_id = self.conns.meta(ev.tgid, ev.fd).map(|m| m.conn_id);
+                self.trace.on_go_task(&ev, conn_id);
+            }
             Ok(Event::Close(ev)) => {
+                self.trace.forget_socket(ev.tgid, ev.fd);
                 let ended = self.conns.close(
                     ev.tgid,
                     ev.fd,

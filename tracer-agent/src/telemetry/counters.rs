@@ -129,6 +129,12 @@ registry! {
         /// many requests on each OS thread in turn (Go): the thread does
         /// not tell which request caused them.
         links_unfollowable,
+        /// CLIENT spans of Go programs linked to the SERVER span whose
+        /// goroutine (or a goroutine it started) made the call.
+        links_goroutine,
+        /// Requests net/http began serving whose bytes the agent had not
+        /// seen (lost events): their goroutines link nothing.
+        go_serve_unmatched,
         /// Executables whose Go build info could not be read (treated as
         /// Go of an unknown version: never linked by thread).
         go_buildinfo_errors,

@@ -15,6 +15,7 @@
 //!   CLIENT span stays a root and is counted;
 //! - so does a CLIENT request of a process whose threads are not tasks
 //!   (Go: [`task::TaskId::Shared`]).
+pub mod goroutine;
 pub mod ids;
 pub mod kernel_ctx;
 pub mod parent;
@@ -63,6 +64,8 @@ pub struct TraceIds {
     /// request order, and how many of them were used.
     event_ids: Vec<KernelIds>,
     event_used: usize,
+    /// Parent links that follow goroutines (Go programs).
+    go: goroutine::GoLinks,
     counters: Arc<Counters>,
 }
 
@@ -75,8 +78,32 @@ impl TraceIds {
             kernel: KernelContexts::default(),
             event_ids: Vec::new(),
             event_used: 0,
+            go: goroutine::GoLinks::default(),
             counters,
         }
+    }
+
+    /// A Go goroutine context met a connection; `conn_id` is the
+    /// agent's connection on (tgid, fd), if it has one.
+    pub fn on_go_task(&mut self, ev: &tracer_common::GoTaskEvent, conn_id: Option<u64>) {
+        match ev.role {
+            tracer_common::GO_TASK_SERVE => {
+                self.go.serve(ev.tgid, ev.ctx_id, conn_id, &self.counters);
+            }
+            tracer_common::GO_TASK_CLIENT => self.go.client(
+                ev.tgid,
+                ev.fd,
+                ev.ctx_id,
+                std::time::Instant::now(),
+                &self.counters,
+            ),
+            _ => {}
+        }
+    }
+
+    /// A socket of the kernel's closed.
+    pub fn forget_socket(&mut self, tgid: u32, fd: u32) {
+        self.go.forget_socket(tgid, fd);
     }
 
     /// Ids the kernel chose, ahead of the data event they belong to.
@@ -118,6 +145,7 @@ impl TraceIds {
     /// unfinished SERVER spans are gone.
     pub fn forget_conn(&mut self, conn_id: u64) {
         self.parents.forget_conn(conn_id, &self.counters);
+        self.go.forget_conn(conn_id);
     }
 
     /// The kernel closed one of its connections (one fd): SERVER contexts
@@ -129,6 +157,7 @@ impl TraceIds {
     /// A process exited.
     pub fn forget_process(&mut self, tgid: u32) {
         self.parents.forget_process(tgid, &self.counters);
+        self.go.forget_process(tgid);
         self.kernel.forget_process(tgid, &self.counters);
     }
 
@@ -208,8 +237,15 @@ impl TraceIds {
         }
     }
 
-    /// Ids chosen by the agent alone.
-    fn agent_chosen(&mut self, remote: Option<RemoteContext>, role: Role, task: TaskId) -> SpanIds {
+    /// Ids chosen by the agent alone. `go_parent`: the SERVER span a Go
+    /// CLIENT request was made for, by goroutine links.
+    fn agent_chosen(
+        &mut self,
+        remote: Option<RemoteContext>,
+        role: Role,
+        task: TaskId,
+        go_parent: Option<SpanIds>,
+    ) -> SpanIds {
         let span_id = self.gen.span_id();
         match (remote, role) {
             (Some(ctx), _) => SpanIds {
@@ -238,10 +274,22 @@ impl TraceIds {
                     Counters::inc(&self.counters.links_ambiguous);
                     self.gen.root(span_id)
                 }
-                Serving::Unfollowable => {
-                    Counters::inc(&self.counters.links_unfollowable);
-                    self.gen.root(span_id)
-                }
+                Serving::Unfollowable => match go_parent {
+                    Some(parent) => {
+                        Counters::inc(&self.counters.links_goroutine);
+                        SpanIds {
+                            trace_id: parent.trace_id,
+                            span_id,
+                            parent_span_id: Some(parent.span_id),
+                            flags: parent.flags,
+                            tracestate: parent.tracestate,
+                        }
+                    }
+                    None => {
+                        Counters::inc(&self.counters.links_unfollowable);
+                        self.gen.root(span_id)
+                    }
+                },
                 Serving::Nothing => self.gen.root(span_id),
             },
         }
@@ -256,13 +304,25 @@ impl ContextChooser for TraceIds {
             tracing::debug!("ignoring invalid trace header: {e}");
         }
         let role = r.conn.role;
+        // A Go CLIENT request takes the claim on its socket whatever else
+        // decides its ids, so the claim cannot pass to a later request.
+        let go_parent = (role == Role::Client && !r.conn.thread_tasks)
+            .then(|| {
+                self.go
+                    .parent_of(r.conn.tgid, r.conn.fd, std::time::Instant::now())
+                    .cloned()
+            })
+            .flatten();
         let ids = match self.kernel_ids(r.index_in_chunk) {
             Some(k) => self.kernel_chosen(k, remote, role, r.task),
-            None => self.agent_chosen(remote, role, r.task),
+            None => self.agent_chosen(remote, role, r.task, go_parent),
         };
         if role == Role::Server {
             self.parents
                 .start_server(r.task, r.conn.conn_id, &ids, &self.counters);
+            if !r.conn.thread_tasks {
+                self.go.server_started(r.conn.conn_id, &ids, &self.counters);
+            }
         }
         ids
     }

@@ -28,7 +28,7 @@ use crate::{
     golang::{
         buildinfo::{self, BuildInfoError},
         dwarf,
-        offsets::{self, TlsOffsets},
+        offsets::{self, HttpOffsets, TlsOffsets},
         pclntab::{Pclntab, PclntabError},
         rets::{self, Layout, RetError},
     },
@@ -39,13 +39,46 @@ use crate::{
 pub const PROG_WRITE: &str = "tracer_go_tls_write";
 pub const PROG_READ: &str = "tracer_go_tls_read";
 pub const PROG_READ_RET: &str = "tracer_go_tls_read_ret";
-pub const PROGRAMS: [&str; 3] = [PROG_WRITE, PROG_READ, PROG_READ_RET];
+/// The goroutine-context programs (`tracer-ebpf/src/probes/goroutines.rs`).
+pub const PROG_SERVE: &str = "tracer_go_serve";
+pub const PROG_CLIENT: &str = "tracer_go_client";
+pub const PROG_NEWPROC: &str = "tracer_go_newproc";
+pub const PROG_NEWPROC_RET: &str = "tracer_go_newproc_ret";
+pub const PROGRAMS: [&str; 7] = [
+    PROG_WRITE,
+    PROG_READ,
+    PROG_READ_RET,
+    PROG_SERVE,
+    PROG_CLIENT,
+    PROG_NEWPROC,
+    PROG_NEWPROC_RET,
+];
 
 /// The probed functions, and the one whose address identifies a
 /// `*net.TCPConn` inside a `net.Conn`.
 pub const FN_WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const FN_READ: &str = "crypto/tls.(*Conn).Read";
 pub const FN_TCPCONN_CLOSE: &str = "net.(*TCPConn).Close";
+/// Goroutine links: where net/http serves a request and hands one to a
+/// client connection, goroutine creation, and the methods whose
+/// addresses identify a `*tls.Conn` and net/http's HTTP/1 `*response`.
+pub const FN_SERVE: &str = "net/http.serverHandler.ServeHTTP";
+pub const FN_PCONN_ROUNDTRIP: &str = "net/http.(*persistConn).roundTrip";
+pub const FN_NEWPROC1: &str = "runtime.newproc1";
+pub const FN_TLSCONN_CLOSE: &str = "crypto/tls.(*Conn).Close";
+pub const FN_RESPONSE_HEADER: &str = "net/http.(*response).Header";
+
+/// What goroutine links need of a file, besides the TLS probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoLinks {
+    pub http: HttpOffsets,
+    /// Virtual addresses of `crypto/tls.(*Conn).Close` and
+    /// `net/http.(*response).Header`.
+    pub tlsconn_close: u64,
+    pub response_header: u64,
+    /// (program, file offset) of the link probes.
+    pub points: Vec<(&'static str, u64)>,
+}
 
 /// What a Go executable's `crypto/tls` probes need, found once per file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,20 +92,41 @@ pub struct GoTlsFile {
     /// Virtual address of the first loaded segment (file offset 0): with
     /// the address it is mapped at, the load bias of a PIE build.
     pub base_vaddr: u64,
-    /// (program, file offset) of every probe.
+    /// (program, file offset) of every TLS probe.
     pub points: Vec<(&'static str, u64)>,
+    /// Goroutine links, when the file has net/http and its offsets are
+    /// known (else the reason, for the log).
+    pub links: Result<GoLinks, String>,
 }
 
 impl GoTlsFile {
     /// The kernel's layout for a process that loaded the file with `bias`.
     pub fn layout(&self, bias: u64) -> GoTlsLayout {
-        GoTlsLayout {
+        let mut l = GoTlsLayout {
             tcpconn_close: self.tcpconn_close.wrapping_add(bias),
             tls_conn: self.offsets.tls_conn,
             itab_fun0: self.offsets.itab_fun0,
             tcpconn_fd: self.offsets.tcpconn_fd,
             netfd_sysfd: self.offsets.netfd_sysfd,
+            ..GoTlsLayout::default()
+        };
+        if let Ok(links) = &self.links {
+            l.tlsconn_close = links.tlsconn_close.wrapping_add(bias);
+            l.response_header = links.response_header.wrapping_add(bias);
+            l.response_conn = links.http.response_conn;
+            l.conn_rwc = links.http.conn_rwc;
+            l.pconn_conn = links.http.pconn_conn;
         }
+        l
+    }
+
+    /// Every probe of the file: TLS, then goroutine links if usable.
+    pub fn all_points(&self) -> Vec<(&'static str, u64)> {
+        let mut p = self.points.clone();
+        if let Ok(links) = &self.links {
+            p.extend(links.points.iter().copied());
+        }
+        p
     }
 }
 
@@ -130,7 +184,16 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
         return Err(GoTlsError::TooOld(info.go_version));
     }
     let table = Pclntab::read(&mut f)?;
-    let funcs = table.find(&[FN_WRITE, FN_READ, FN_TCPCONN_CLOSE]);
+    let funcs = table.find(&[
+        FN_WRITE,
+        FN_READ,
+        FN_TCPCONN_CLOSE,
+        FN_SERVE,
+        FN_PCONN_ROUNDTRIP,
+        FN_NEWPROC1,
+        FN_TLSCONN_CLOSE,
+        FN_RESPONSE_HEADER,
+    ]);
     let one = |name: &'static str| {
         let mut it = funcs.iter().filter(|f| f.name == name);
         match (it.next(), it.next()) {
@@ -149,13 +212,19 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
     };
     let close = one(FN_TCPCONN_CLOSE)?;
     // DWARF first (it is the binary's own truth), else the table.
-    let (offsets, offsets_from) = match dwarf::tls_offsets(&mut f)? {
-        Some(o) => (o, "DWARF"),
+    let members = dwarf::members(&mut f)?;
+    let (offsets, offsets_from) = match &members {
+        Some(m) => (dwarf::tls_from(m)?, "DWARF"),
         None => (
             offsets::for_version(version)
                 .ok_or_else(|| GoTlsError::Unsupported(info.go_version.clone()))?,
             "table",
         ),
+    };
+    let http = match &members {
+        Some(m) => dwarf::http_from(m).map_err(|e| e.to_string()),
+        None => offsets::http_for_version(version)
+            .ok_or_else(|| format!("no net/http offsets for {}", info.go_version)),
     };
     let layout = Layout::read(&mut f).map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
     let entry = |func: &'static str, va: u64| {
@@ -171,6 +240,34 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
     let read_rets = rets::ret_offsets(&mut f, &layout, read)
         .map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
     points.extend(read_rets.into_iter().map(|o| (PROG_READ_RET, o)));
+    let links = http.and_then(|http| {
+        let f2 = &mut f;
+        let need = |name: &'static str| one(name).map_err(|e| e.to_string());
+        let (serve, client, newproc) = (
+            need(FN_SERVE)?,
+            need(FN_PCONN_ROUNDTRIP)?,
+            need(FN_NEWPROC1)?,
+        );
+        let at = |func: &'static str, va: u64| {
+            layout
+                .file_offset(va, 1)
+                .ok_or_else(|| format!("{func}: {va:#x} unmapped"))
+        };
+        let mut points = vec![
+            (PROG_SERVE, at(FN_SERVE, serve.entry)?),
+            (PROG_CLIENT, at(FN_PCONN_ROUNDTRIP, client.entry)?),
+            (PROG_NEWPROC, at(FN_NEWPROC1, newproc.entry)?),
+        ];
+        let rets =
+            rets::ret_offsets(f2, &layout, newproc).map_err(|e| format!("{FN_NEWPROC1}: {e}"))?;
+        points.extend(rets.into_iter().map(|o| (PROG_NEWPROC_RET, o)));
+        Ok(GoLinks {
+            http,
+            tlsconn_close: need(FN_TLSCONN_CLOSE)?.entry,
+            response_header: need(FN_RESPONSE_HEADER)?.entry,
+            points,
+        })
+    });
     Ok(GoTlsFile {
         go_version: info.go_version,
         offsets,
@@ -178,6 +275,7 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
         tcpconn_close: close.entry,
         base_vaddr: base_vaddr(&mut f)?,
         points,
+        links,
     })
 }
 
@@ -282,7 +380,7 @@ impl GoTls {
                 return self.not_visible.contains_key(&key);
             }
         };
-        if let Err(e) = registry.attach_offsets(ebpf, key, exe, Some(pid), &file.points) {
+        if let Err(e) = registry.attach_offsets(ebpf, key, exe, Some(pid), &file.all_points()) {
             // A process gone before its probes went on says nothing about
             // the file; a file that takes no probes is remembered.
             if exe.exists() && registry.rejected(&key).is_none() {
@@ -300,8 +398,12 @@ impl GoTls {
     fn analyse(&mut self, registry: &mut Registry, key: FileKey, exe: &Path) -> Analysis {
         match analyse(exe) {
             Ok(f) => {
+                let links = match &f.links {
+                    Ok(l) => format!("goroutine links on ({} probes)", l.points.len()),
+                    Err(why) => format!("goroutine links off: {why}"),
+                };
                 tracing::info!(
-                    "Go TLS: {} ({}, offsets from {}): {} probes",
+                    "Go TLS: {} ({}, offsets from {}): {} probes; {links}",
                     real_path(exe).display(),
                     f.go_version,
                     f.offsets_from,

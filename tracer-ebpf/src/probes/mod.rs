@@ -4,6 +4,8 @@ pub mod capture;
 pub mod context;
 pub mod data;
 pub mod fds;
+pub mod goabi;
+pub mod goroutines;
 pub mod h2;
 pub mod inject;
 pub mod lifecycle;

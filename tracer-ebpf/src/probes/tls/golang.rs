@@ -18,51 +18,26 @@
 //! the call makes are then skipped by the connection's TLS state, as for
 //! OpenSSL.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::uprobe,
     programs::{ProbeContext, RetProbeContext},
     EbpfContext as _,
 };
 use tracer_common::{
-    GoTlsLayout, SRC_SSL_READ, SRC_SSL_WRITE, STAT_GO_TLS_NO_CONN, STAT_GO_TLS_NO_LAYOUT,
-    STAT_GO_TLS_READ_LOST,
+    SRC_SSL_READ, SRC_SSL_WRITE, STAT_GO_TLS_NO_CONN, STAT_GO_TLS_NO_LAYOUT, STAT_GO_TLS_READ_LOST,
 };
 
 use super::emit_plaintext;
 use crate::{
-    maps::{bump, config, GoRead, GoReadKey, PendingCall, GO_TLS, GO_TLS_READS},
-    probes::syscalls::traced,
+    maps::{bump, config, GoKey, GoRead, PendingCall, GO_TLS, GO_TLS_READS},
+    probes::{
+        goabi::{regs, tls_conn_fd},
+        syscalls::traced,
+    },
 };
 
 /// `GoRead::fd` of a Read whose socket could not be followed.
 const NO_SOCKET: u32 = u32::MAX;
-
-/// Largest fd taken from a Go `poll.FD` (anything beyond is not an fd).
-const MAX_FD: i64 = 1 << 24;
-
-#[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user checks the user address.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
-}
-
-/// The socket fd behind `*tls.Conn` `c`, when its `net.Conn` is a
-/// `*net.TCPConn` (checked by the itab's first method).
-#[inline(always)]
-fn conn_fd(c: u64, l: &GoTlsLayout) -> Option<u32> {
-    let iface = c.checked_add(u64::from(l.tls_conn))?;
-    let tab = read_u64(iface)?;
-    let data = read_u64(iface.checked_add(8)?)?;
-    if tab == 0
-        || data == 0
-        || read_u64(tab.checked_add(u64::from(l.itab_fun0))?)? != l.tcpconn_close
-    {
-        return None;
-    }
-    let netfd = read_u64(data.checked_add(u64::from(l.tcpconn_fd))?)?;
-    let sysfd = read_u64(netfd.checked_add(u64::from(l.netfd_sysfd))?)? as i64;
-    (0..MAX_FD).contains(&sysfd).then_some(sysfd as u32)
-}
 
 /// The context the shared data path is instantiated with (the OpenSSL
 /// return probe's): a second instantiation for `ProbeContext` would emit
@@ -73,29 +48,6 @@ fn shared_ctx(ctx: &ProbeContext) -> RetProbeContext {
     RetProbeContext::new(ctx.as_ptr())
 }
 
-/// The registers a probe reads (x86-64 `pt_regs`).
-struct Regs {
-    rax: u64,
-    rbx: u64,
-    rcx: u64,
-    r14: u64,
-}
-
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> Regs {
-    // SAFETY: `ctx.regs` is the probe's `pt_regs`, readable directly by a
-    // kprobe-type program.
-    unsafe {
-        let r = &*ctx.regs;
-        Regs {
-            rax: r.rax,
-            rbx: r.rbx,
-            rcx: r.rcx,
-            r14: r.r14,
-        }
-    }
-}
-
 /// The traced process's layout and the call's socket, or `None` (counted).
 #[inline(always)]
 fn socket(tgid: u32, c: u64) -> Option<u32> {
@@ -104,7 +56,7 @@ fn socket(tgid: u32, c: u64) -> Option<u32> {
         bump(STAT_GO_TLS_NO_LAYOUT);
         return None;
     };
-    let fd = conn_fd(c, &layout);
+    let fd = tls_conn_fd(c, &layout);
     if fd.is_none() {
         bump(STAT_GO_TLS_NO_CONN);
     }
@@ -169,7 +121,7 @@ fn on_read(ctx: &ProbeContext) -> Option<()> {
     // Saved even without a socket (`NO_SOCKET`), so that its returns are
     // not counted as lost.
     let fd = socket(tgid, r.rax).unwrap_or(NO_SOCKET);
-    let key = GoReadKey {
+    let key = GoKey {
         tgid,
         _pad: 0,
         g: r.r14,
@@ -196,7 +148,7 @@ fn on_read_ret(ctx: &ProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let r = regs(ctx);
-    let key = GoReadKey {
+    let key = GoKey {
         tgid,
         _pad: 0,
         g: r.r14,
