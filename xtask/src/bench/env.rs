@@ -69,6 +69,75 @@ pub(super) fn h2_url() -> String {
     format!("http://127.0.0.1:{H2_PORT}/bench")
 }
 
+/// The Go server's listeners (`tests/go/hello`): plaintext and HTTPS.
+const GO_PORT: u16 = 18_090;
+const GO_TLS_PORT: u16 = 18_091;
+
+pub(super) fn go_url() -> String {
+    format!("http://127.0.0.1:{GO_PORT}/bench")
+}
+
+pub(super) fn go_tls_url() -> String {
+    format!("https://127.0.0.1:{GO_TLS_PORT}/bench")
+}
+
+/// Builds `tests/go/hello` (stripped, newest toolchain, as distributions
+/// ship Go programs) and starts it with nginx's certificate in `dir`.
+pub(super) fn start_go_server(dir: &Path) -> anyhow::Result<Guard> {
+    for p in [GO_PORT, GO_TLS_PORT] {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            bail!("port {p} on 127.0.0.1 is in use: stop whatever listens there first");
+        }
+    }
+    let version = crate::setup::GO_TOOLCHAINS
+        .last()
+        .context("no Go toolchain")?;
+    let tools = crate::setup::tools_dir();
+    let bin = tools
+        .join("go-build")
+        .join(format!("hello-{version}-stripped"));
+    let src = crate::util::root().join("tests/go/hello/main.go");
+    std::fs::create_dir_all(tools.join("go-build"))?;
+    let st = Command::new(crate::setup::go_bin(version))
+        .args(["build", "-ldflags", "-s -w", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", tools.join("go-cache"))
+        .status()
+        .context("go build of the bench server")?;
+    if !st.success() {
+        bail!("go build of {} failed", src.display());
+    }
+    let g = Guard::spawn(
+        Command::new(&bin)
+            .arg("-http")
+            .arg(format!("127.0.0.1:{GO_PORT}"))
+            .arg("-https")
+            .arg(format!("127.0.0.1:{GO_TLS_PORT}"))
+            .arg("-cert")
+            .arg(dir.join("cert.pem"))
+            .arg("-key")
+            .arg(dir.join("key.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .context("starting the Go server")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in [GO_PORT, GO_TLS_PORT] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the Go server did not listen on {p}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(g)
+}
+
 pub(super) fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Guard> {
     // Another server on these ports (a leftover of an interrupted run)
     // would be measured instead of ours: refuse.

@@ -8,6 +8,9 @@
 //! - Saturation: wrk, requests per second.
 //! - HTTP/2: h2load against nginx's h2c listener, at a fixed rate of
 //!   streams (captured vs completed, p99) and at saturation.
+//! - Go: a stripped Go 1.27 net/http server (`tests/go/hello`), plaintext
+//!   and HTTPS (Go's crypto/tls, whose uprobes are the Go TLS probes), at
+//!   saturation; spans vs requests, and the cost per probed call.
 //! - Agent CPU (utime+stime from /proc) and peak RSS (VmHWM).
 //! - BPF run time per program (`kernel.bpf_stats_enabled`, bpftool).
 //! - Spans produced vs requests completed, and ring-buffer drops (from the
@@ -28,8 +31,8 @@ use anyhow::{bail, Context as _};
 
 use crate::{tasks, util::is_root};
 use env::{
-    bpf_prog_stats, clk_tck, h2_url, proc_usage, start_agent, start_nginx, summary_counter,
-    sysctl_bpf_stats, tls_url,
+    bpf_prog_stats, clk_tck, go_tls_url, go_url, h2_url, proc_usage, start_agent, start_go_server,
+    start_nginx, summary_counter, sysctl_bpf_stats, tls_url,
 };
 use load::{fixed_rate, h2load, saturate, wrk, H2Result, LoadResult};
 
@@ -79,6 +82,64 @@ struct OnPhase {
     h2: H2Result,
     h2_spans: u64,
     h2_sat_rps: f64,
+    /// The Go server at saturation: plaintext req/s; HTTPS req/s,
+    /// requests, SERVER spans, and the BPF programs' runs during it.
+    go: GoOn,
+}
+
+/// What the Go phases measured with the tracer on.
+pub(super) struct GoOn {
+    pub rps: f64,
+    pub requests: u64,
+    pub spans: u64,
+    pub tls_rps: f64,
+    pub tls_requests: u64,
+    pub tls_spans: u64,
+    pub tls_bpf: Vec<(String, u64, u64)>,
+}
+
+/// Program stats between two snapshots.
+fn bpf_delta(
+    before: &[(String, u64, u64)],
+    after: &[(String, u64, u64)],
+) -> Vec<(String, u64, u64)> {
+    after
+        .iter()
+        .map(|(name, rc1, rt1)| {
+            let (rc0, rt0) = before
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, c, t)| (*c, *t))
+                .unwrap_or((0, 0));
+            (
+                name.clone(),
+                rc1.saturating_sub(rc0),
+                rt1.saturating_sub(rt0),
+            )
+        })
+        .collect()
+}
+
+/// The Go server with the tracer on: plaintext, then HTTPS.
+fn go_on(agent: &env::AgentRun, dur: Duration) -> anyhow::Result<GoOn> {
+    let spans = || agent.server_spans.load(Ordering::Relaxed);
+    let s0 = spans();
+    let (rps, requests) = wrk(&go_url(), dur)?;
+    thread::sleep(Duration::from_millis(500));
+    let s1 = spans();
+    let b0 = bpf_prog_stats();
+    let (tls_rps, tls_requests) = wrk(&go_tls_url(), dur)?;
+    let b1 = bpf_prog_stats();
+    thread::sleep(Duration::from_millis(500));
+    Ok(GoOn {
+        rps,
+        requests,
+        spans: s1 - s0,
+        tls_rps,
+        tls_requests,
+        tls_spans: spans() - s1,
+        tls_bpf: bpf_delta(&b0, &b1),
+    })
 }
 
 /// The HTTP/2 phase, shared by off and on: fixed rate, then saturation.
@@ -127,6 +188,7 @@ fn on_phase(
     thread::sleep(Duration::from_millis(500));
     let h2_spans = agent.server_spans.load(Ordering::Relaxed) - h2_before;
     let h2_sat_rps = h2load(&h2_url(), None, dur, &log)?.rps;
+    let go = go_on(&agent, dur)?;
     // SIGINT: the agent prints its counter summary on the way out.
     let _ = Command::new("kill")
         .args(["-INT", &apid.to_string()])
@@ -136,21 +198,7 @@ fn on_phase(
     thread::sleep(Duration::from_millis(200));
     let log = agent.log.lock().map(|l| l.clone()).unwrap_or_default();
     let summary = log.lines().find(|l| l.contains("summary:")).unwrap_or("");
-    let bpf = bpf1
-        .iter()
-        .map(|(name, rc1, rt1)| {
-            let (rc0, rt0) = bpf0
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, c, t)| (*c, *t))
-                .unwrap_or((0, 0));
-            (
-                name.clone(),
-                rc1.saturating_sub(rc0),
-                rt1.saturating_sub(rt0),
-            )
-        })
-        .collect();
+    let bpf = bpf_delta(&bpf0, &bpf1);
     Ok(OnPhase {
         load,
         sat_rps,
@@ -169,6 +217,7 @@ fn on_phase(
         h2,
         h2_spans,
         h2_sat_rps,
+        go,
     })
 }
 
@@ -182,6 +231,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let port = 18_080;
     let dir = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
     let _nginx = start_nginx(&dir, port)?;
+    let _go = start_go_server(&dir)?;
     let tck = clk_tck();
     let old_stats = sysctl_bpf_stats(true);
 
@@ -193,6 +243,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let mut off_sat = Vec::new();
     let mut off_tls = Vec::new();
     let mut off_h2 = Vec::new();
+    let mut off_go = Vec::new();
     let mut on = Vec::new();
     let mut inj = Vec::new();
     for round in 1..=a.rounds {
@@ -201,6 +252,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         off_sat.push(saturate(port, dur)?);
         off_tls.push(wrk(&tls_url(), dur)?.0);
         off_h2.push(h2_phase(a.rate, dur, &dir)?);
+        off_go.push((wrk(&go_url(), dur)?.0, wrk(&go_tls_url(), dur)?.0));
         eprintln!("round {round}/{}: tracer ON", a.rounds);
         on.push(on_phase(&bin, port, a, dur, tck, false, &dir)?);
         eprintln!(
@@ -214,7 +266,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let r = report::render(a, &off, &off_sat, &off_tls, &off_h2, &on, &inj);
+    let r = report::render(a, &off, &off_sat, &off_tls, &off_h2, &off_go, &on, &inj);
     println!("{r}");
     let report = crate::util::root().join(&a.report);
     if let Some(parent) = report.parent() {

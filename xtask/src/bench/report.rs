@@ -53,6 +53,7 @@ pub(super) fn render(
     off_sat: &[f64],
     off_tls: &[f64],
     off_h2: &[(H2Result, f64)],
+    off_go: &[(f64, f64)],
     on: &[OnPhase],
     inj: &[OnPhase],
 ) -> String {
@@ -163,6 +164,7 @@ pub(super) fn render(
     }
     tls_report(&mut r, off_tls, on);
     h2_report(&mut r, a, off_h2, on);
+    go_report(&mut r, off_go, on);
     inject_report(&mut r, a, off, off_sat, inj);
     r
 }
@@ -321,4 +323,91 @@ fn tls_report(r: &mut String, off_tls: &[f64], on: &[OnPhase]) {
         "| SERVER spans (nginx) / requests wrk completed | | {spans} / {requests} = {:.2}% | |",
         100.0 * spans as f64 / requests.max(1) as f64
     );
+}
+
+/// The Go server: saturation off and on, plaintext and HTTPS, spans
+/// captured, and what each probed call costs.
+fn go_report(r: &mut String, off: &[(f64, f64)], on: &[OnPhase]) {
+    let cores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let _ = writeln!(
+        r,
+        "\n| Go net/http (stripped Go 1.27), wrk -t2 -c50 | off | on | on/off | SERVER spans / requests |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|");
+    type Pick = fn(&(f64, f64)) -> f64;
+    type PickOn = fn(&OnPhase) -> (f64, u64, u64);
+    let rows: [(&str, Pick, PickOn); 2] = [
+        (
+            "plaintext req/s",
+            |o| o.0,
+            |p| (p.go.rps, p.go.requests, p.go.spans),
+        ),
+        (
+            "HTTPS (crypto/tls probes) req/s",
+            |o| o.1,
+            |p| (p.go.tls_rps, p.go.tls_requests, p.go.tls_spans),
+        ),
+    ];
+    for (label, off_of, on_of) in rows {
+        let off_v: Vec<f64> = off.iter().map(off_of).collect();
+        let on_v: Vec<f64> = on.iter().map(|p| on_of(p).0).collect();
+        let ratio: Vec<f64> = on_v.iter().zip(&off_v).map(|(n, f)| n / f).collect();
+        let requests: u64 = on.iter().map(|p| on_of(p).1).sum();
+        let spans: u64 = on.iter().map(|p| on_of(p).2).sum();
+        let _ = writeln!(
+            r,
+            "| {label} | {:.0} [{}] | {:.0} [{}] | {:.3} [{}] | {spans} / {requests} = {:.2}% |",
+            median(&off_v),
+            list(&off_v, 0),
+            median(&on_v),
+            list(&on_v, 0),
+            median(&ratio),
+            list(&ratio, 3),
+            100.0 * spans as f64 / requests.max(1) as f64
+        );
+    }
+    // Cost per probed call in the HTTPS phase: the probes' own run time
+    // (bpf_stats), and the machine time each request gained at
+    // saturation (cores x (1/on - 1/off)) over the probe hits per request
+    // (the uprobe trap and the syscall-side capture included).
+    let mut runs: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for p in on {
+        for (name, rc, rt) in &p.go.tls_bpf {
+            if name.starts_with("tracer_go_") {
+                let e = runs.entry(name.clone()).or_default();
+                e.0 += rc;
+                e.1 += rt;
+            }
+        }
+    }
+    let requests: u64 = on.iter().map(|p| p.go.tls_requests).sum();
+    let hits: u64 = runs.values().map(|(rc, _)| rc).sum();
+    let _ = writeln!(
+        r,
+        "\n| Go probe (HTTPS phase) | runs per request | mean ns/run |"
+    );
+    let _ = writeln!(r, "|---|---|---|");
+    for (name, (rc, rt)) in &runs {
+        if *rc > 0 {
+            let _ = writeln!(
+                r,
+                "| {name} | {:.2} | {:.0} |",
+                *rc as f64 / requests.max(1) as f64,
+                *rt as f64 / *rc as f64
+            );
+        }
+    }
+    let off_tls = median(&off.iter().map(|o| o.1).collect::<Vec<_>>());
+    let on_tls = median(&on.iter().map(|p| p.go.tls_rps).collect::<Vec<_>>());
+    if off_tls > 0.0 && on_tls > 0.0 && hits > 0 {
+        let added_us = cores * (1.0 / on_tls - 1.0 / off_tls) * 1e6;
+        let per_req = hits as f64 / requests.max(1) as f64;
+        let _ = writeln!(
+            r,
+            "| **per request**: {per_req:.2} probe hits, {added_us:.1} µs of machine time added (all tracer costs, agent included) | | **≤ {:.1} µs per probe hit** |",
+            added_us / per_req
+        );
+    }
 }
