@@ -266,7 +266,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let r = report::render(a, &off, &off_sat, &off_tls, &off_h2, &off_go, &on, &inj);
+    let offs = report::OffPhases {
+        load: off,
+        sat: off_sat,
+        tls: off_tls,
+        h2: off_h2,
+        go: off_go,
+    };
+    let r = report::render(a, &offs, &on, &inj);
     println!("{r}");
     let report = crate::util::root().join(&a.report);
     if let Some(parent) = report.parent() {

@@ -47,16 +47,24 @@ fn pick(v: &[LoadResult], g: fn(&LoadResult) -> f64) -> Vec<f64> {
 }
 
 /// The whole report, from the off rounds and the tracer-on phases.
-pub(super) fn render(
-    a: &BenchArgs,
-    off: &[LoadResult],
-    off_sat: &[f64],
-    off_tls: &[f64],
-    off_h2: &[(H2Result, f64)],
-    off_go: &[(f64, f64)],
-    on: &[OnPhase],
-    inj: &[OnPhase],
-) -> String {
+/// What the tracer-off phases measured, per round.
+pub(super) struct OffPhases {
+    pub load: Vec<LoadResult>,
+    pub sat: Vec<f64>,
+    pub tls: Vec<f64>,
+    pub h2: Vec<(H2Result, f64)>,
+    /// The Go server: (plaintext, HTTPS) req/s.
+    pub go: Vec<(f64, f64)>,
+}
+
+pub(super) fn render(a: &BenchArgs, offs: &OffPhases, on: &[OnPhase], inj: &[OnPhase]) -> String {
+    let (off, off_sat, off_tls, off_h2, off_go) = (
+        &offs.load[..],
+        &offs.sat[..],
+        &offs.tls[..],
+        &offs.h2[..],
+        &offs.go[..],
+    );
     let on_loads: Vec<LoadResult> = on.iter().map(|p| p.load.clone()).collect();
     let (off_p50, on_p50) = (pick(off, |l| l.p50_us), pick(&on_loads, |l| l.p50_us));
     let (off_p99, on_p99) = (pick(off, |l| l.p99_us), pick(&on_loads, |l| l.p99_us));
