@@ -483,29 +483,21 @@ pub fn python_server(port: u16) -> Proc {
 
 /// [`PY_SERVER`] over TLS with `tls`'s certificate and key.
 pub fn python_server_tls(port: u16, tls: &(PathBuf, PathBuf)) -> Proc {
-    let p = Proc::spawn(
-        "python3 TLS server",
-        Command::new("python3")
-            .arg("-c")
-            .arg(PY_SERVER)
-            .arg(port.to_string())
-            .arg(&tls.0)
-            .arg(&tls.1)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    );
-    wait_port(port);
-    p
+    spawn_python_server(port, &[tls.0.as_os_str(), tls.1.as_os_str()], &[])
 }
 
 pub fn python_server_with_env(port: u16, env: &[(&str, &str)]) -> Proc {
+    spawn_python_server(port, &[], env)
+}
+
+fn spawn_python_server(port: u16, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Proc {
     let p = Proc::spawn(
         "python3 server",
         Command::new("python3")
             .arg("-c")
             .arg(PY_SERVER)
             .arg(port.to_string())
+            .args(args)
             .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             .stdout(Stdio::null())

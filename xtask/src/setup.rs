@@ -69,6 +69,32 @@ pub fn go_bin(version: &str) -> PathBuf {
     tools_dir().join("go").join(version).join("go/bin/go")
 }
 
+/// Builds the stdlib-only Go program `tests/go/<name>` with the newest
+/// toolchain, stripped (`-s -w`, as distributions ship Go programs), once
+/// per source change; returns the binary.
+pub fn build_go_program(name: &str) -> anyhow::Result<PathBuf> {
+    let version = GO_TOOLCHAINS.last().context("no Go toolchain")?;
+    let dir = tools_dir().join("go-build");
+    let bin = dir.join(format!("{name}-{version}-stripped"));
+    let src = crate::util::root().join(format!("tests/go/{name}/main.go"));
+    let modified = |p: &PathBuf| p.metadata().and_then(|m| m.modified()).ok();
+    if bin.exists() && modified(&bin) >= modified(&src) {
+        return Ok(bin);
+    }
+    fs::create_dir_all(&dir)?;
+    run(Command::new(go_bin(version))
+        .args(["build", "-ldflags", "-s -w", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        // Static, and no C toolchain needed.
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", tools_dir().join("go-cache")))?;
+    Ok(bin)
+}
+
 /// Each of [`GO_TOOLCHAINS`], unpacked under the tools dir once.
 fn go_toolchains() -> anyhow::Result<()> {
     for v in GO_TOOLCHAINS {

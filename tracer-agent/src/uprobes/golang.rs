@@ -154,8 +154,6 @@ pub enum GoTlsError {
     Unsupported(String),
     #[error("{0} is older than the register ABI the probes read")]
     TooOld(String),
-    #[error("its DWARF is unreadable ({0})")]
-    Dwarf(#[from] dwarf::DwarfError),
     #[error("{0} is missing")]
     Missing(&'static str),
     #[error("{0} appears more than once in its function table")]
@@ -211,19 +209,27 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
         (w, r) => (w?, r?),
     };
     let close = one(FN_TCPCONN_CLOSE)?;
-    // DWARF first (it is the binary's own truth), else the table.
-    let members = dwarf::members(&mut f)?;
-    let (offsets, offsets_from) = match &members {
-        Some(m) => (dwarf::tls_from(m)?, "DWARF"),
-        None => (
+    // DWARF first (it is the binary's own truth), else the table. DWARF
+    // that cannot be read (too large, malformed) is as good as none.
+    let members = dwarf::members(&mut f).unwrap_or_else(|e| {
+        tracing::debug!(
+            "{}: DWARF not used ({e}): offsets from the table",
+            path.display()
+        );
+        None
+    });
+    let (offsets, offsets_from) = match members.as_ref().map(dwarf::tls_from) {
+        Some(Ok(o)) => (o, "DWARF"),
+        // No DWARF, or DWARF without these types: the table.
+        _ => (
             offsets::for_version(version)
                 .ok_or_else(|| GoTlsError::Unsupported(info.go_version.clone()))?,
             "table",
         ),
     };
-    let http = match &members {
-        Some(m) => dwarf::http_from(m).map_err(|e| e.to_string()),
-        None => offsets::http_for_version(version)
+    let http = match members.as_ref().map(dwarf::http_from) {
+        Some(Ok(o)) => Ok(o),
+        _ => offsets::http_for_version(version)
             .ok_or_else(|| format!("no net/http offsets for {}", info.go_version)),
     };
     let layout = Layout::read(&mut f).map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;

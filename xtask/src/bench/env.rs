@@ -89,29 +89,7 @@ pub(super) fn start_go_server(dir: &Path) -> anyhow::Result<Guard> {
             bail!("port {p} on 127.0.0.1 is in use: stop whatever listens there first");
         }
     }
-    let version = crate::setup::GO_TOOLCHAINS
-        .last()
-        .context("no Go toolchain")?;
-    let tools = crate::setup::tools_dir();
-    let bin = tools
-        .join("go-build")
-        .join(format!("hello-{version}-stripped"));
-    let src = crate::util::root().join("tests/go/hello/main.go");
-    std::fs::create_dir_all(tools.join("go-build"))?;
-    let st = Command::new(crate::setup::go_bin(version))
-        .args(["build", "-ldflags", "-s -w", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", tools.join("go-cache"))
-        .status()
-        .context("go build of the bench server")?;
-    if !st.success() {
-        bail!("go build of {} failed", src.display());
-    }
+    let bin = crate::setup::build_go_program("hello")?;
     let g = Guard::spawn(
         Command::new(&bin)
             .arg("-http")

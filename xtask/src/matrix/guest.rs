@@ -85,6 +85,11 @@ phase() {{
     /h2/nghttp -n http://127.0.0.1:8082/index.html
     n=$((n+1))
   done
+  # A stripped Go program over its own TLS (Go's crypto/tls probes,
+  # RET uprobes, goroutines growing their stacks), started after the
+  # agent: requests begin once its probes are on.
+  /tlsload -workers 2 -requests {REQUESTS} -delay 3s > /tmp/tlsload.$name 2>&1
+  echo "=== tlsload $name $?"
   sleep 1
   kill -INT $pid 2>/dev/null
   wait $pid
@@ -145,6 +150,10 @@ pub fn build_initramfs(agent: &Path, out: &Path) -> anyhow::Result<()> {
     }
     fs::copy(&busybox, root.join("bin/busybox"))?;
     fs::copy(agent, root.join("tracer"))?;
+    fs::copy(
+        crate::setup::build_go_program("tlsload")?,
+        root.join("tlsload"),
+    )?;
     fs::copy(&nginx, root.join("nginx/nginx"))?;
     fs::write(root.join("nginx/nginx.conf"), NGINX_CONF)?;
     fs::write(

@@ -122,7 +122,18 @@ fn judge_capture(p: &guest::Phase, h2_walk: bool) -> Verdict {
                 .to_owned()
         })
     });
+    // Go's crypto/tls: tlsload's own server and clients, every request.
+    let go_tls = |kind: &str| {
+        p.spans
+            .iter()
+            .filter(|s| is(s, kind, "tlsload") && s["attributes"]["url.scheme"] == "https")
+            .filter(|s| s["attributes"]["http.response.status_code"] == 200)
+            .count()
+    };
+    let (go_servers, go_clients) = (go_tls("SERVER"), go_tls("CLIENT"));
     let ok = servers == guest::REQUESTS
+        && go_servers == 2 * guest::REQUESTS
+        && go_clients == 2 * guest::REQUESTS
         && inetd == guest::REQUESTS
         && clients == 2 * guest::REQUESTS
         && h2_servers == guest::REQUESTS
@@ -134,7 +145,8 @@ fn judge_capture(p: &guest::Phase, h2_walk: bool) -> Verdict {
     };
     let mut detail = format!(
         "nginx {servers} + busybox httpd (inetd-style) {inetd} + nghttpd (h2c) {h2_servers} SERVER, \
-         {clients} + nghttp {h2_clients} CLIENT spans; {attached}; OpenSSL uprobes on {tls}; {walk}"
+         {clients} + nghttp {h2_clients} CLIENT spans; Go crypto/tls (tlsload) {go_servers} SERVER + \
+         {go_clients} CLIENT spans; {attached}; OpenSSL uprobes on {tls}; {walk}"
     );
     if !off.is_empty() {
         let _ = write!(detail, "; off: {}", off.join("; "));
