@@ -349,12 +349,6 @@ impl GoTls {
         }
     }
 
-    /// Whether file `key` is a Go executable already analysed as
-    /// probeable (so a new process of it can be described at once).
-    pub fn is_probeable(&self, key: &FileKey) -> bool {
-        matches!(self.files.get(key), Some(Analysis::Usable(_)))
-    }
-
     /// Why the Go executable `key`'s TLS is not visible, if it is one.
     pub fn why_not_visible(&self, key: &FileKey) -> Option<&str> {
         self.not_visible.get(key).map(String::as_str)

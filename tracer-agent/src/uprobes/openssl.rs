@@ -217,11 +217,12 @@ impl TlsProbes {
         for notice in notices.drain(..) {
             match notice {
                 Notice::Exec(pid) => {
-                    // A Go program already known: its probes may still be
-                    // on (they linger), and it needs only its layout, now,
-                    // before its first TLS call if possible.
+                    // Go programs at once (a static binary needs no
+                    // loader to run first): a known one may still have
+                    // its probes on (they linger) and needs only its
+                    // layout, before its first TLS call if possible.
                     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-                    if let Some(key) = file_key(&exe).filter(|k| self.go.is_probeable(k)) {
+                    if let Some(key) = file_key(&exe) {
                         self.go.scan(ebpf, &mut self.files, pid, key, &exe);
                     }
                     for d in EXEC_RESCANS {
