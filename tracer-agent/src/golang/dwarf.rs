@@ -171,3 +171,45 @@ pub fn tls_from(m: &Members) -> Result<TlsOffsets, DwarfError> {
         netfd_sysfd: narrow(get("net.netFD", "pfd")? + get("internal/poll.FD", "Sysfd")?)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz seed with DWARF: a C object built by `gcc -c -g
+    /// -gz=zlib` (compressed `.debug_info`), behind the target's mode byte.
+    fn c_object_with_dwarf() -> Vec<u8> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/golang/seed-5");
+        let bytes = std::fs::read(path).expect("seed-5");
+        bytes[1..].to_vec()
+    }
+
+    #[test]
+    fn compressed_dwarf_without_go_types_reads_as_none_of_them() {
+        let data = c_object_with_dwarf();
+        let m = members(&mut std::io::Cursor::new(&data))
+            .expect("reads")
+            .expect("has DWARF");
+        assert!(m.is_empty(), "{m:?}");
+        assert!(matches!(tls_from(&m), Err(DwarfError::Missing(_))));
+        assert!(matches!(http_from(&m), Err(DwarfError::Missing(_))));
+    }
+
+    #[test]
+    fn no_dwarf_and_not_elf_are_told_apart() {
+        // The same object with its section names garbled: no .debug_info.
+        let mut data = c_object_with_dwarf();
+        let at = data
+            .windows(11)
+            .position(|w| w == b".debug_info")
+            .expect("name");
+        data[at + 1] = b'X';
+        assert!(members(&mut std::io::Cursor::new(&data))
+            .expect("reads")
+            .is_none());
+        assert!(matches!(
+            members(&mut std::io::Cursor::new(b"not an ELF file")),
+            Err(DwarfError::Elf(_))
+        ));
+    }
+}

@@ -367,7 +367,11 @@ impl GoTls {
         exe: &Path,
     ) -> bool {
         if !self.files.contains_key(&key) {
-            let a = self.analyse(registry, key, exe);
+            let Some(a) = self.analyse(registry, key, exe) else {
+                // The process went away while its file was read: nothing
+                // is known of the file yet.
+                return false;
+            };
             if self.files.len() >= MAX_REJECTED {
                 self.files.clear();
             }
@@ -383,8 +387,9 @@ impl GoTls {
         if let Err(e) = registry.attach_offsets(ebpf, key, exe, Some(pid), &file.all_points()) {
             // A process gone before its probes went on says nothing about
             // the file; a file that takes no probes is remembered.
-            if exe.exists() && registry.rejected(&key).is_none() {
+            if exe.exists() {
                 self.not_visible_because(registry, key, exe, &e);
+                self.files.insert(key, Analysis::Skip);
             }
             return true;
         }
@@ -395,8 +400,10 @@ impl GoTls {
         true
     }
 
-    fn analyse(&mut self, registry: &mut Registry, key: FileKey, exe: &Path) -> Analysis {
-        match analyse(exe) {
+    /// `None` when the file could not be read because its process (and
+    /// with it the `/proc/PID/exe` path) is gone.
+    fn analyse(&mut self, registry: &mut Registry, key: FileKey, exe: &Path) -> Option<Analysis> {
+        Some(match analyse(exe) {
             Ok(f) => {
                 let links = match &f.links {
                     Ok(l) => format!("goroutine links on ({} probes)", l.points.len()),
@@ -412,11 +419,12 @@ impl GoTls {
                 Analysis::Usable(Arc::new(f))
             }
             Err(e) if e.is_silent() => Analysis::Skip,
+            Err(_) if !exe.exists() => return None,
             Err(e) => {
                 self.not_visible_because(registry, key, exe, &e);
                 Analysis::Skip
             }
-        }
+        })
     }
 
     /// Says once why the Go executable `key` is not probed, and remembers.

@@ -231,9 +231,9 @@ impl Registry {
             }
             return Ok(());
         }
-        if let Some(why) = self.rejected.get(&key) {
-            return Err(why.clone());
-        }
+        // `rejected` is not consulted: it holds why other probe sets did
+        // not fit this file (an executable tried for OpenSSL symbols);
+        // the caller knows whether these points were refused before.
         let mut links = Vec::new();
         for &(prog, offset) in points {
             let attached = program::<UProbe>(ebpf, prog)
