@@ -1,5 +1,5 @@
 //! The data path shared by the `sys_exit_*` hook (`capture.rs`) and the TLS
-//! return probe (`tls/openssl.rs`): connection tracking and classification
+//! probes (`tls/`: OpenSSL, Go crypto/tls): connection tracking and classification
 //! of a call that moved payload, and assembly of its data event in this
 //! CPU's `SCRATCH` slot.
 use aya_ebpf::helpers::{
