@@ -64,7 +64,8 @@ pub const STAT_GO_TLS_NO_CONN: u32 = 23;
 /// (probes are per file, the layout per process).
 pub const STAT_GO_TLS_NO_LAYOUT: u32 = 24;
 /// Returns of Go `crypto/tls.(*Conn).Read` with no saved entry (the
-/// in-progress table evicted it, or the probe went on mid-call).
+/// in-progress table evicted it, or the probe went on mid-call), or with
+/// a count beyond the buffer (not believed).
 pub const STAT_GO_TLS_READ_LOST: u32 = 25;
 
 /// Number of counters (size of the map).
@@ -128,5 +129,5 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "SERVER contexts not kept per thread (no injection links to them) because the process's threads are not tasks (Go) or not yet classified",
     "Go crypto/tls calls not captured because their net.Conn is not a *net.TCPConn or its fd was unreadable",
     "Go crypto/tls calls not captured because the agent had not yet described the process",
-    "Go crypto/tls Read returns with no saved entry (evicted, or probed mid-call)",
+    "Go crypto/tls Read returns with no saved entry (evicted, or probed mid-call) or a count beyond the buffer",
 ];

@@ -332,8 +332,10 @@ pub struct GoKey {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GoRead {
-    /// The `[]byte` data pointer the plaintext is read into.
+    /// The `[]byte` the plaintext is read into: data pointer and length
+    /// (a returned count beyond it is not believed).
     pub buf: u64,
+    pub len: u64,
     pub ts: u64,
     pub fd: u32,
     pub _pad: u32,

@@ -128,6 +128,7 @@ fn on_read(ctx: &ProbeContext) -> Option<()> {
     };
     let call = GoRead {
         buf: r.rbx,
+        len: r.rcx,
         // SAFETY: no preconditions.
         ts: unsafe { bpf_ktime_get_ns() },
         fd,
@@ -165,6 +166,11 @@ fn on_read_ret(ctx: &ProbeContext) -> Option<()> {
     };
     let _ = GO_TLS_READS.remove(key);
     let n = r.rax as i64;
+    if n as u64 > call.len && n > 0 {
+        // Not what Read returns: not believed (and never read past b).
+        bump(STAT_GO_TLS_READ_LOST);
+        return None;
+    }
     if n <= 0 || call.fd == NO_SOCKET {
         return None;
     }
