@@ -13,8 +13,11 @@
 //!   inbound request becomes that SERVER span's child;
 //! - when the task serves several at once the link is unknowable: the
 //!   CLIENT span stays a root and is counted;
-//! - so does a CLIENT request of a process whose threads are not tasks
-//!   (Go: [`task::TaskId::Shared`]).
+//! - a CLIENT request of a process whose threads are not tasks (Go:
+//!   [`task::TaskId::Shared`]) is linked by goroutine instead
+//!   ([`goroutine`]): the SERVER span whose goroutine, or a goroutine it
+//!   started, handed the request to the connection; else it stays a root
+//!   and is counted.
 pub mod goroutine;
 pub mod ids;
 pub mod kernel_ctx;
