@@ -57,6 +57,15 @@ impl Layout {
         Ok(Self { segments })
     }
 
+    /// The page-aligned virtual address of the segment that maps file
+    /// offset 0 (with where a process mapped it: the load bias of a PIE).
+    pub fn base_vaddr(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(_, off, _)| off == 0)
+            .map(|&(addr, _, _)| addr & !0xfff)
+    }
+
     /// The file offset of virtual address `va` (what a uprobe is placed
     /// by), when `va..va+len` is all in one segment's file data.
     pub fn file_offset(&self, va: u64, len: u64) -> Option<u64> {
@@ -152,5 +161,7 @@ mod tests {
         assert_eq!(l.file_offset(0x601100, 0x101), None);
         assert_eq!(l.file_offset(0x300000, 1), None);
         assert_eq!(l.file_offset(u64::MAX, 2), None);
+        assert_eq!(l.base_vaddr(), Some(0x400000));
+        assert_eq!(Layout { segments: vec![] }.base_vaddr(), None);
     }
 }

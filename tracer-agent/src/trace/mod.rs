@@ -100,7 +100,8 @@ impl TraceIds {
                 std::time::Instant::now(),
                 &self.counters,
             ),
-            _ => {}
+            // A kernel object the agent does not match: counted, dropped.
+            _ => Counters::inc(&self.counters.decode_errors),
         }
     }
 

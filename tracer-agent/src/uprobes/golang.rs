@@ -20,7 +20,6 @@ use std::{
 };
 
 use aya::{maps::HashMap as BpfHashMap, Ebpf};
-use object::{Object, ObjectSegment};
 use tracer_common::{GoTlsLayout, MAP_GO_TLS};
 
 use super::registry::{FileKey, Registry, MAX_REJECTED};
@@ -29,7 +28,7 @@ use crate::{
         buildinfo::{self, BuildInfoError},
         dwarf,
         offsets::{self, HttpOffsets, TlsOffsets},
-        pclntab::{Pclntab, PclntabError},
+        pclntab::{Func, Pclntab, PclntabError},
         rets::{self, Layout, RetError},
     },
     telemetry::Counters,
@@ -233,39 +232,38 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
             .ok_or_else(|| format!("no net/http offsets for {}", info.go_version)),
     };
     let layout = Layout::read(&mut f).map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
-    let entry = |func: &'static str, va: u64| {
-        layout.file_offset(va, 1).ok_or(GoTlsError::Rets {
-            func,
-            err: RetError::Unmapped(va),
-        })
+    // Where a function's entry probe goes.
+    let entry = |func: &Func| layout.file_offset(func.entry, 1);
+    let unmapped = |func: &'static str, va: u64| GoTlsError::Rets {
+        func,
+        err: RetError::Unmapped(va),
     };
     let mut points = vec![
-        (PROG_WRITE, entry(FN_WRITE, write.entry)?),
-        (PROG_READ, entry(FN_READ, read.entry)?),
+        (
+            PROG_WRITE,
+            entry(write).ok_or_else(|| unmapped(FN_WRITE, write.entry))?,
+        ),
+        (
+            PROG_READ,
+            entry(read).ok_or_else(|| unmapped(FN_READ, read.entry))?,
+        ),
     ];
     let read_rets = rets::ret_offsets(&mut f, &layout, read)
         .map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
     points.extend(read_rets.into_iter().map(|o| (PROG_READ_RET, o)));
     let links = http.and_then(|http| {
-        let f2 = &mut f;
         let need = |name: &'static str| one(name).map_err(|e| e.to_string());
-        let (serve, client, newproc) = (
-            need(FN_SERVE)?,
-            need(FN_PCONN_ROUNDTRIP)?,
-            need(FN_NEWPROC1)?,
-        );
-        let at = |func: &'static str, va: u64| {
-            layout
-                .file_offset(va, 1)
-                .ok_or_else(|| format!("{func}: {va:#x} unmapped"))
+        let at = |name: &'static str| {
+            let func = need(name)?;
+            entry(func).ok_or_else(|| unmapped(name, func.entry).to_string())
         };
         let mut points = vec![
-            (PROG_SERVE, at(FN_SERVE, serve.entry)?),
-            (PROG_CLIENT, at(FN_PCONN_ROUNDTRIP, client.entry)?),
-            (PROG_NEWPROC, at(FN_NEWPROC1, newproc.entry)?),
+            (PROG_SERVE, at(FN_SERVE)?),
+            (PROG_CLIENT, at(FN_PCONN_ROUNDTRIP)?),
+            (PROG_NEWPROC, at(FN_NEWPROC1)?),
         ];
-        let rets =
-            rets::ret_offsets(f2, &layout, newproc).map_err(|e| format!("{FN_NEWPROC1}: {e}"))?;
+        let rets = rets::ret_offsets(&mut f, &layout, need(FN_NEWPROC1)?)
+            .map_err(|e| format!("{FN_NEWPROC1}: {e}"))?;
         points.extend(rets.into_iter().map(|o| (PROG_NEWPROC_RET, o)));
         Ok(GoLinks {
             http,
@@ -279,20 +277,12 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
         offsets,
         offsets_from,
         tcpconn_close: close.entry,
-        base_vaddr: base_vaddr(&mut f)?,
+        base_vaddr: layout
+            .base_vaddr()
+            .ok_or(GoTlsError::Missing("a segment at file offset 0"))?,
         points,
         links,
     })
-}
-
-/// The virtual address of the segment that maps file offset 0.
-fn base_vaddr(f: &mut File) -> Result<u64, GoTlsError> {
-    let cache = object::ReadCache::new(&mut *f);
-    let file = object::File::parse(&cache).map_err(BuildInfoError::Elf)?;
-    file.segments()
-        .find(|s| s.file_range().0 == 0)
-        .map(|s| s.address() & !0xfff)
-        .ok_or(GoTlsError::Missing("a segment at file offset 0"))
 }
 
 /// Where process `pid` mapped file `key` at offset 0, from its maps.

@@ -281,21 +281,28 @@ impl Registry {
     /// they linger, detached once too many are unused).
     pub fn on_exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
         let mut gone = Vec::new();
+        let mut new_idle = false;
         for (key, a) in self.attached.iter_mut() {
             if a.users.remove(&pid) && a.users.is_empty() && !a.permanent {
                 if a.linger {
                     self.idle_clock += 1;
                     a.idle_since = Some(self.idle_clock);
+                    new_idle = true;
                 } else {
                     gone.push(*key);
                 }
             }
         }
-        let mut idle: Vec<(u64, FileKey)> = self
-            .attached
-            .iter()
-            .filter_map(|(k, a)| a.idle_since.map(|t| (t, *k)))
-            .collect();
+        // Only an exit that left a lingering file unused can take the
+        // idle ones over the bound (most exits leave none).
+        let mut idle: Vec<(u64, FileKey)> = if new_idle {
+            self.attached
+                .iter()
+                .filter_map(|(k, a)| a.idle_since.map(|t| (t, *k)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if idle.len() > MAX_LINGERING {
             idle.sort_unstable();
             let extra = idle.len() - MAX_LINGERING;
