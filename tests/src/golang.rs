@@ -49,6 +49,22 @@ pub fn build(name: &str, version: &str, strip: bool) -> PathBuf {
     }
 }
 
+/// Debian's Go sources (`golang-google-grpc-dev` and its dependencies),
+/// for programs that use more than the standard library.
+pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+/// [`build`] of a program that imports grpc-go: in GOPATH mode against
+/// [`DEBIAN_GOPATH`] (so its build info names no module versions).
+pub fn build_grpc(name: &str, version: &str) -> PathBuf {
+    assert!(
+        Path::new(DEBIAN_GOPATH)
+            .join("src/google.golang.org/grpc")
+            .exists(),
+        "grpc-go sources missing: apt-get install golang-google-grpc-dev"
+    );
+    build_with(name, version, "gopath", "")
+}
+
 /// A stripped build that states Go version `stamp` in its build info (a
 /// release the agent does not know, for the "not visible" path).
 pub fn build_stamped(name: &str, version: &str, stamp: &str) -> PathBuf {
@@ -79,6 +95,9 @@ fn build_with(name: &str, version: &str, tag: &str, ldflags: &str) -> PathBuf {
     cmd.arg("build").arg("-o").arg(&out);
     if !ldflags.is_empty() {
         cmd.args(["-ldflags", ldflags]);
+    }
+    if tag == "gopath" {
+        cmd.env("GO111MODULE", "off").env("GOPATH", DEBIAN_GOPATH);
     }
     let st = cmd
         .arg(&src)
@@ -124,5 +143,25 @@ pub fn fanout(bin: &Path, port: u16, down: &str, tls: Option<&(PathBuf, PathBuf)
         cmd.stdout(Stdio::null()).stderr(Stdio::inherit()),
     );
     wait_port(port);
+    p
+}
+
+/// The gRPC service (`tests/go/grpcfan`): net/http on 127.0.0.1:`http`,
+/// grpc-go on 127.0.0.1:`grpc`, calling the gRPC server at `target`.
+pub fn grpcfan(bin: &Path, http: u16, grpc: u16, target: u16) -> Proc {
+    let p = Proc::spawn(
+        "go grpcfan",
+        Command::new(bin)
+            .arg("-http")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("-grpc")
+            .arg(format!("127.0.0.1:{grpc}"))
+            .arg("-target")
+            .arg(format!("127.0.0.1:{target}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    wait_port(http);
+    wait_port(grpc);
     p
 }

@@ -202,13 +202,15 @@ fn go_fan_out_links_every_call_to_its_request() {
     assert!(!line.contains("go_serve_unmatched"), "{line}");
 }
 
-/// The same with context injection: the kernel must not link by thread
-/// either (its SERVER context is per thread), and what it injects into each
-/// Go request is what the agent reports for that CLIENT span, so the
-/// downstream continues exactly that span.
+/// The same with context injection. The kernel must not link by thread
+/// (its thread slots are per OS thread, and goroutines move); it follows
+/// the goroutine chain instead, so what it injects into each Go request
+/// names exactly the request that caused it, and is what the agent
+/// reports for that CLIENT span: the downstream continues exactly that
+/// span, in the same trace.
 #[test]
-fn go_fan_out_with_injection_is_never_linked_to_the_wrong_request() {
-    if !require_root("go_fan_out_with_injection_is_never_linked_to_the_wrong_request") {
+fn go_fan_out_with_injection_carries_each_calls_own_parent_downstream() {
+    if !require_root("go_fan_out_with_injection_carries_each_calls_own_parent_downstream") {
         return;
     }
     let down = free_port();
@@ -220,29 +222,124 @@ fn go_fan_out_with_injection_is_never_linked_to_the_wrong_request() {
     let _early = fanout(&build("fanout", OLDEST, false), early_port, &base, None);
     let mut agent = Agent::start(&["--inject-context", "on"]);
     let _late = fanout(&build("fanout", NEWEST, false), late_port, &base, None);
+    let mut calls = 0;
     for port in [early_port, late_port] {
         let spans = fan_out(&agent, port, down);
         let (exact, roots) = spans.check_links();
-        assert_eq!((exact, roots), (0, spans.clients.len()));
+        assert_eq!((exact, roots), (spans.clients.len(), 0), "port {port}");
         for c in &spans.clients {
             let path = attr(c, "url.path").as_str().unwrap_or("");
             let d = &spans.downstream[path];
             assert_eq!(s(d, "trace_id"), s(c, "trace_id"), "{path}: {d:#}");
             assert_eq!(s(d, "parent_span_id"), s(c, "span_id"), "{path}: {d:#}");
         }
+        calls += spans.clients.len();
     }
     let line = summary(&mut agent);
     // The kernel's counters: SERVER contexts of Go requests kept off the
-    // thread table, and no injection linked by thread.
+    // thread table, and every call injected as the child of its request
+    // through the goroutine chain (none through a thread).
     let kernel = line.split_once("kernel:").map_or("", |(_, k)| k);
+    let requests = 2 * SHAPES.len() * CONCURRENT;
     assert!(
-        kernel.contains(&format!(
-            "thread_link_off={}",
-            2 * SHAPES.len() * CONCURRENT
-        )),
+        kernel.contains(&format!("thread_link_off={requests}")),
         "{line}"
     );
-    assert!(!kernel.contains("inject_linked"), "{line}");
+    assert!(
+        kernel.contains(&format!("go_inject_armed={calls}")),
+        "{line}"
+    );
+    assert!(kernel.contains(&format!("inject_linked={calls}")), "{line}");
+    assert!(!kernel.contains("go_server_ctx_missing"), "{line}");
+    assert!(line.contains(&format!("links_goroutine={calls}")), "{line}");
+    assert!(!line.contains("go_inject_disagreed"), "{line}");
+}
+
+const GRPC_SHAPES: [&str; 3] = ["grpc", "grpcfan", "grpcchain"];
+
+/// grpc-go unary calls made inside handlers (issue shape 4), 8 concurrent
+/// requests of each shape, all multiplexed as HTTP/2 streams on one
+/// connection whose HEADERS grpc's writer goroutine writes: a call from
+/// an HTTP handler's goroutine, three from goroutines it spawned, and one
+/// from a gRPC handler (the stream's own goroutine). Every call names its
+/// cause in its method path, and every link is exact.
+#[test]
+fn go_grpc_calls_inside_handlers_link_to_their_request() {
+    if !require_root("go_grpc_calls_inside_handlers_link_to_their_request") {
+        return;
+    }
+    // One service running before the agent, one started after, of the
+    // oldest and the newest Go; each calls its own gRPC server.
+    let (h1, g1, h2, g2) = (free_port(), free_port(), free_port(), free_port());
+    let _early = grpcfan(&build_grpc("grpcfan", OLDEST), h1, g1, g1);
+    let mut agent = Agent::start(&[]);
+    let _late = grpcfan(&build_grpc("grpcfan", NEWEST), h2, g2, g2);
+    let mut links = 0;
+    for (http, grpc) in [(h1, g1), (h2, g2)] {
+        for shape in GRPC_SHAPES {
+            let workers: Vec<_> = (0..CONCURRENT)
+                .map(|i| {
+                    let url = format!("http://127.0.0.1:{http}/{shape}/p{http}t{i}");
+                    thread::spawn(move || curl(&["-o", "/dev/null", "-f", &url]))
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("curl thread");
+            }
+        }
+        let ours = |sp: &Value| exe(sp).starts_with("grpcfan");
+        let service = |sp: &Value| attr(sp, "rpc.service").as_str().unwrap_or("").to_owned();
+        let tagged = format!("p{http}t");
+        let http_servers: HashMap<String, Value> = agent
+            .wait_for(GRPC_SHAPES.len() * CONCURRENT, |sp| {
+                ours(sp)
+                    && s(sp, "kind") == "SERVER"
+                    && attr_i(sp, "server.port") == i64::from(http)
+            })
+            .into_iter()
+            .map(|sp| (attr(&sp, "url.path").as_str().unwrap_or("").to_owned(), sp))
+            .collect();
+        // grpc + 3 grpcfan + grpcchain + its hop, per request.
+        let calls = 6 * CONCURRENT;
+        let is_call = |sp: &Value| {
+            ours(sp) && attr(sp, "rpc.system") == "grpc" && service(sp).contains(&tagged)
+        };
+        let clients = agent.wait_for(calls, |sp| is_call(sp) && s(sp, "kind") == "CLIENT");
+        let grpc_servers: HashMap<String, Value> = agent
+            .wait_for(calls, |sp| {
+                is_call(sp)
+                    && s(sp, "kind") == "SERVER"
+                    && attr_i(sp, "server.port") == i64::from(grpc)
+            })
+            .into_iter()
+            .map(|sp| (service(&sp), sp))
+            .collect();
+        assert_eq!(http_servers.len(), GRPC_SHAPES.len() * CONCURRENT);
+        assert_eq!(grpc_servers.len(), calls);
+        assert_eq!(clients.len(), calls);
+        for c in &clients {
+            let svc = service(c);
+            assert_eq!(attr_i(c, "rpc.grpc.status_code"), 0, "{c:#}");
+            // grpcchain.pPtI.hop was caused by the gRPC stream
+            // grpcchain.pPtI; SHAPE.pPtI[.N] by HTTP request /SHAPE/pPtI.
+            let parts: Vec<&str> = svc.split('.').collect();
+            let cause = match parts.as_slice() {
+                [_, _, "hop"] => &grpc_servers[parts[..2].join(".").as_str()],
+                [shape, tag, ..] => &http_servers[&format!("/{shape}/{tag}")],
+                _ => panic!("unexpected call {svc}"),
+            };
+            assert_eq!(
+                s(c, "parent_span_id"),
+                s(cause, "span_id"),
+                "CLIENT {svc} parented to the wrong span:\n{c:#}\ncause: {cause:#}"
+            );
+            assert_eq!(s(c, "trace_id"), s(cause, "trace_id"), "{svc}");
+        }
+        links += clients.len();
+    }
+    let line = summary(&mut agent);
+    assert!(line.contains(&format!("links_goroutine={links}")), "{line}");
+    assert!(!line.contains("go_serve_unmatched"), "{line}");
 }
 
 /// `go tool nm -size` of an unstripped binary: name -> (address, size) of
@@ -511,6 +608,25 @@ fn go_tls_offsets_table_matches_dwarf_of_every_toolchain() {
         assert_eq!(la.http, lb.http);
         assert_eq!(la.points, lb.points);
         assert!(la.points.len() >= 4, "{:?}", la.points);
+        // grpc-go (Debian's 1.33 sources, GOPATH mode: no module version,
+        // so DWARF only): the table's row for 1.33 is what DWARF says.
+        let grpc = build_grpc("grpcfan", v);
+        let mut f = File::open(&grpc).expect("open");
+        let members = dwarf::members(&mut f).expect("reads").expect("has DWARF");
+        assert_eq!(
+            dwarf::grpc_from(&members).ok(),
+            offsets::grpc_for_version("v1.33.3"),
+            "Go {v}: grpc-go"
+        );
+        let links = analyse(&grpc)
+            .unwrap_or_else(|e| panic!("Go {v} grpcfan: {e}"))
+            .links
+            .unwrap_or_else(|e| panic!("Go {v} grpcfan: {e}"));
+        assert_eq!(
+            links.sites,
+            ["net/http serving", "grpc-go serving", "grpc-go client"],
+            "Go {v}"
+        );
     }
     // Debian's stripped Go programs: inside the table's range.
     for bin in [
@@ -521,12 +637,14 @@ fn go_tls_offsets_table_matches_dwarf_of_every_toolchain() {
     ] {
         let a = analyse(std::path::Path::new(bin)).unwrap_or_else(|e| panic!("{bin}: {e}"));
         assert_eq!(a.offsets_from, "table", "{bin}");
-        // Servers have goroutine links; hey, a client only, has no
-        // net/http server in it to start a context.
+        // Servers have goroutine links from net/http; hey is a client
+        // only (no request starts a context in it, so its calls stay
+        // roots).
+        let sites = a.links.unwrap_or_else(|e| panic!("{bin}: {e}")).sites;
         if bin.ends_with("hey") {
-            assert!(a.links.is_err(), "{bin}");
+            assert_eq!(sites, ["net/http client"], "{bin}");
         } else {
-            assert!(a.links.is_ok(), "{bin}: {:?}", a.links);
+            assert!(sites.contains(&"net/http serving"), "{bin}: {sites:?}");
         }
     }
     // Not Go, and Go without crypto/tls, are told apart from failures.

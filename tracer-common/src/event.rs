@@ -172,7 +172,9 @@ pub struct GoTaskEvent {
     pub _pad: [u8; 2],
     pub tgid: u32,
     pub fd: u32,
-    pub _pad2: u32,
+    /// HTTP/2 stream id of the request (gRPC); 0 for HTTP/1, where the
+    /// connection carries one request at a time.
+    pub stream: u32,
     pub ctx_id: u64,
     pub ts: u64,
 }

@@ -39,10 +39,25 @@ pub struct GoTlsLayout {
     pub conn_rwc: u16,
     /// Offset of `net/http.persistConn.conn` (`net.Conn`).
     pub pconn_conn: u16,
-    pub _pad: u16,
+    /// Non-zero: goroutine links are on for the process (its goroutine
+    /// creation is probed, and at least one serving or client site).
+    pub links: u16,
+    /// Run-time address of grpc-go's
+    /// `internal/transport.(*http2Server).Close`: the first method slot of
+    /// a `transport.ServerTransport` holding an `*http2Server` (0: gRPC
+    /// serving not followed).
+    pub grpc_server_close: u64,
+    /// Offset of `transport.Stream.id` (`uint32`).
+    pub grpc_stream_id: u16,
+    /// Offset of `transport.Stream.ct` (`*http2Client`).
+    pub grpc_stream_ct: u16,
+    /// Offset of `transport.http2Client.conn` (`net.Conn`).
+    pub grpc_client_conn: u16,
+    /// Offset of `transport.http2Server.conn` (`net.Conn`).
+    pub grpc_server_conn: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 40);
+const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 56);
 
 #[cfg(feature = "user")]
 mod user {

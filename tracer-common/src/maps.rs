@@ -119,6 +119,19 @@ pub const MAX_GO_TLS_READS: u32 = 65_536;
 pub const MAP_GO_CTX: &str = "GO_CTX";
 /// Size of [`MAP_GO_CTX`] (LRU: goroutine exit is not probed).
 pub const MAX_GO_CTX: u32 = 262_144;
+/// Go SERVER contexts chosen in the kernel (injection on), keyed by the
+/// connection (`conn_key`) until net/http starts serving its request.
+pub const MAP_GO_SERVER_CTX: &str = "GO_SERVER_CTX";
+/// The SERVER context of each goroutine context id, keyed by (tgid,
+/// ctx_id) (injection on).
+pub const MAP_GO_TRACE: &str = "GO_TRACE";
+/// The context the next request written on a Go client socket is for,
+/// keyed by `conn_key` (injection on).
+pub const MAP_GO_PENDING: &str = "GO_PENDING";
+/// Size of each of the three Go injection maps (LRU; an evicted entry
+/// makes the request a root, never another request's child). Shrunk to
+/// one entry when injection is off.
+pub const MAX_GO_INJECT: u32 = 8_192;
 /// Set by the exec hook: a new program the agent has not classified yet.
 pub const NO_LINK_PENDING: u8 = 1;
 /// Set by the agent: the runtime runs many requests on each OS thread in

@@ -68,8 +68,18 @@ pub const STAT_GO_TLS_NO_LAYOUT: u32 = 24;
 /// a count beyond the buffer (not believed).
 pub const STAT_GO_TLS_READ_LOST: u32 = 25;
 
+/// Go CLIENT requests (injection on) whose write was armed with the
+/// SERVER context of the goroutine that made them: the injector makes
+/// them its children.
+pub const STAT_GO_INJECT_ARMED: u32 = 26;
+/// Go requests (injection on) that net/http began serving with no SERVER
+/// context chosen in the kernel for their connection (their bytes were
+/// not seen, or the context was evicted): their calls are injected as
+/// roots.
+pub const STAT_GO_SERVER_CTX_MISSING: u32 = 27;
+
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 26;
+pub const STAT_COUNT: u32 = 28;
 
 /// Human names, indexed like the counters (reported with a `kernel_`
 /// prefix by the agent's counter registry).
@@ -100,6 +110,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "go_tls_no_conn",
     "go_tls_no_layout",
     "go_tls_read_lost",
+    "go_inject_armed",
+    "go_server_ctx_missing",
 ];
 
 /// Help text of each counter, indexed like [`STAT_NAMES`].
@@ -130,4 +142,6 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "Go crypto/tls calls not captured because their net.Conn is not a *net.TCPConn or its fd was unreadable",
     "Go crypto/tls calls not captured because the agent had not yet described the process",
     "Go crypto/tls Read returns with no saved entry (evicted, or probed mid-call) or a count beyond the buffer",
+    "Go CLIENT requests whose write was armed with the SERVER context of the goroutine that made them",
+    "Go requests served with no kernel SERVER context for their connection (their calls are injected as roots)",
 ];

@@ -12,7 +12,7 @@ use tracer_common::{
     MAX_PARENTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
     TRACESTATE_MAX,
 };
-use tracer_common::{GoTlsLayout, MAX_GO_CTX, MAX_GO_TLS, MAX_GO_TLS_READS};
+use tracer_common::{GoTlsLayout, MAX_GO_CTX, MAX_GO_INJECT, MAX_GO_TLS, MAX_GO_TLS_READS};
 
 use crate::scan::head::{HeadScan, SCAN_BUF};
 
@@ -35,7 +35,10 @@ pub struct PendingCall {
     /// missed exit) can never be paired with another syscall's return value.
     pub nr: u32,
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// A Go client write armed with its request's context (see
+    /// `probes::goroutines::arm_injection`): the exit disarms it.
+    pub armed: u8,
+    pub _pad: [u8; 6],
 }
 
 #[map]
@@ -351,6 +354,37 @@ pub static GO_TLS_READS: LruHashMap<GoKey, GoRead> =
 /// goroutine that carries one.
 #[map]
 pub static GO_CTX: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(MAX_GO_CTX, 0);
+
+/// See `tracer_common::MAP_GO_SERVER_CTX`. The value's `conn_id` names
+/// the connection, so a reused fd never hands on its predecessor's.
+#[map]
+pub static GO_SERVER_CTX: LruHashMap<u64, ThreadCtx> =
+    LruHashMap::with_max_entries(MAX_GO_INJECT, 0);
+
+/// See `tracer_common::MAP_GO_TRACE` (`GoKey::g` holds the context id).
+#[map]
+pub static GO_TRACE: LruHashMap<GoKey, ThreadCtx> = LruHashMap::with_max_entries(MAX_GO_INJECT, 0);
+
+/// See `tracer_common::MAP_GO_PENDING`.
+#[map]
+pub static GO_PENDING: LruHashMap<u64, ThreadCtx> = LruHashMap::with_max_entries(MAX_GO_INJECT, 0);
+
+/// The last request a goroutine started serving (see
+/// `probes::goroutines::start_serving`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoServed {
+    pub conn_id: u64,
+    /// The connection's event count then (HTTP/1; 0 for HTTP/2).
+    pub seq: u32,
+    pub stream: u32,
+    pub ctx_id: u64,
+}
+
+/// Keyed like `GO_CTX`. LRU: an evicted entry only means a re-entered
+/// serving site is taken for a new request (its calls then stay roots).
+#[map]
+pub static GO_SERVED: LruHashMap<GoKey, GoServed> = LruHashMap::with_max_entries(65_536, 0);
 
 /// `runtime.newproc1`'s `callergp` argument, from its entry to its RETs
 /// (it runs on the system stack, never switching goroutines: keyed by

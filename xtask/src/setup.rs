@@ -8,7 +8,8 @@ use crate::util::{is_root, output, run, which};
 
 /// bpf-linker release known to work with the pinned aya family.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests and the benchmark drive (binary -> package).
+/// Debian packages the tests and the benchmark drive (binary, or an
+/// absolute path the package installs -> package).
 const APT_PEERS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
@@ -32,6 +33,12 @@ const APT_PEERS: &[(&str, &str)] = &[
     // A stripped Go HTTPS server (crypto/tls, HTTP/2) for the Go TLS
     // probes; kubectl, their stripped Go client, comes with the machine.
     ("caddy", "caddy"),
+    // grpc-go sources (1.33) for the Go gRPC test service, built in
+    // GOPATH mode: a path, not a binary.
+    (
+        "/usr/share/gocode/src/google.golang.org/grpc",
+        "golang-google-grpc-dev",
+    ),
 ];
 
 /// Python packages the HTTP/2 tests drive, in a venv of their own.
@@ -227,7 +234,12 @@ pub fn toolchain() -> anyhow::Result<()> {
 fn peers() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PEERS
         .iter()
-        .filter(|(bin, _)| which(bin).is_none() && !PathBuf::from("/usr/sbin").join(bin).exists())
+        .filter(|(bin, _)| {
+            if bin.starts_with('/') {
+                return !std::path::Path::new(bin).exists();
+            }
+            which(bin).is_none() && !PathBuf::from("/usr/sbin").join(bin).exists()
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

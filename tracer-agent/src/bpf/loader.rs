@@ -223,7 +223,17 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
     let possible_cpus = aya::util::nr_cpus()
         .map(|n| n as u32)
         .unwrap_or(tracer_common::DEFAULT_SCRATCH_SLOTS);
+    // The Go injection maps hold ~300-byte contexts: one entry each when
+    // injection is off.
+    let go_inject = if opts.config.inject_context != 0 {
+        tracer_common::MAX_GO_INJECT
+    } else {
+        1
+    };
     let mut ebpf = EbpfLoader::new()
+        .map_max_entries(tracer_common::MAP_GO_SERVER_CTX, go_inject)
+        .map_max_entries(tracer_common::MAP_GO_TRACE, go_inject)
+        .map_max_entries(tracer_common::MAP_GO_PENDING, go_inject)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_SCRATCH, possible_cpus)

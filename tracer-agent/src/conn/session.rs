@@ -206,7 +206,27 @@ mod tests {
         }
 
         fn send(&mut self, dir: u8, payload: &[u8], total: u32) {
-            let hdr = DataHeader {
+            self.send_with(dir, payload, total, &mut FixedIds);
+        }
+
+        fn send_with(
+            &mut self,
+            dir: u8,
+            payload: &[u8],
+            total: u32,
+            ids: &mut dyn crate::trace::ContextChooser,
+        ) {
+            let hdr = self.header(dir, payload, total);
+            let lost = self.seq != self.next_seq;
+            self.seq += 1;
+            self.next_seq = self.seq;
+            self.ts += 10;
+            self.session
+                .on_data(&hdr, payload, lost, ids, &mut self.out, &self.counters);
+        }
+
+        fn header(&self, dir: u8, payload: &[u8], total: u32) -> DataHeader {
+            DataHeader {
                 kind: EVENT_DATA,
                 direction: dir,
                 tgid: 10,
@@ -218,19 +238,7 @@ mod tests {
                 captured_len: payload.len() as u32,
                 seq: self.seq,
                 ..Default::default()
-            };
-            let lost = self.seq != self.next_seq;
-            self.seq += 1;
-            self.next_seq = self.seq;
-            self.ts += 10;
-            self.session.on_data(
-                &hdr,
-                payload,
-                lost,
-                &mut FixedIds,
-                &mut self.out,
-                &self.counters,
-            );
+            }
         }
 
         fn http(&self, i: usize) -> &HttpExchange {
@@ -243,6 +251,45 @@ mod tests {
 
     fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
         c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A request whose head the server read in two parts (the client's
+    /// send was split where the injector inserted its header): the ids the
+    /// kernel chose at the first part are the request's.
+    #[test]
+    fn kernel_ids_wait_for_a_head_split_across_reads() {
+        let counters = Arc::new(Counters::default());
+        let mut ids = crate::trace::TraceIds::new(Vec::new(), counters.clone());
+        let mut f = Feed::new(Role::Server);
+        ids.on_kernel_ctx(&tracer_common::TraceCtxEvent {
+            kind: tracer_common::EVENT_SERVER_CTX,
+            flags: 1,
+            tgid: 10,
+            tid: 11,
+            seq: 0,
+            conn_id: 1,
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            ..Default::default()
+        });
+        let parts: [&[u8]; 2] = [
+            b"GET /a HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n",
+            b"Host: x\r\n\r\n",
+        ];
+        for p in parts {
+            let hdr = f.header(DIR_INGRESS, p, p.len() as u32);
+            ids.begin_data(&hdr, None);
+            f.send_with(DIR_INGRESS, p, p.len() as u32, &mut ids);
+            ids.end_data();
+        }
+        f.send(
+            DIR_EGRESS,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            38,
+        );
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].ids.span_id, [4; 8]);
+        assert_eq!(load(&counters.kernel_ctx_unmatched), 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 use gimli::{AttributeValue, EndianSlice, LittleEndian};
 use object::{Object, ObjectSection};
 
-use super::offsets::{HttpOffsets, TlsOffsets};
+use super::offsets::{GrpcOffsets, HttpOffsets, TlsOffsets};
 
 /// Largest DWARF section decompressed (Go's biggest binaries have tens of
 /// MiB of `.debug_info`).
@@ -34,7 +34,7 @@ pub enum DwarfError {
 }
 
 /// The (struct, member) pairs looked for.
-const WANTED: [(&str, &str); 10] = [
+const WANTED: [(&str, &str); 14] = [
     ("net/http.response", "conn"),
     ("net/http.conn", "rwc"),
     ("net/http.persistConn", "conn"),
@@ -45,7 +45,15 @@ const WANTED: [(&str, &str); 10] = [
     ("internal/poll.FD", "Sysfd"),
     ("runtime.itab", "fun"),
     ("internal/abi.ITab", "Fun"),
+    (GRPC_STREAM, "id"),
+    (GRPC_STREAM, "ct"),
+    (GRPC_CLIENT, "conn"),
+    (GRPC_SERVER, "conn"),
 ];
+
+const GRPC_STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
+const GRPC_CLIENT: &str = "google.golang.org/grpc/internal/transport.http2Client";
+const GRPC_SERVER: &str = "google.golang.org/grpc/internal/transport.http2Server";
 
 /// Byte offset of each (struct, member) found.
 pub type Members = HashMap<(String, String), u64>;
@@ -160,6 +168,17 @@ pub fn http_from(m: &Members) -> Result<HttpOffsets, DwarfError> {
     })
 }
 
+/// grpc-go's offsets from members read by [`members`].
+pub fn grpc_from(m: &Members) -> Result<GrpcOffsets, DwarfError> {
+    let get = getter(m);
+    Ok(GrpcOffsets {
+        stream_id: narrow(get(GRPC_STREAM, "id")?)?,
+        stream_ct: narrow(get(GRPC_STREAM, "ct")?)?,
+        client_conn: narrow(get(GRPC_CLIENT, "conn")?)?,
+        server_conn: narrow(get(GRPC_SERVER, "conn")?)?,
+    })
+}
+
 /// The TLS path's offsets from members read by [`members`].
 pub fn tls_from(m: &Members) -> Result<TlsOffsets, DwarfError> {
     let get = getter(m);
@@ -193,6 +212,7 @@ mod tests {
         assert!(m.is_empty(), "{m:?}");
         assert!(matches!(tls_from(&m), Err(DwarfError::Missing(_))));
         assert!(matches!(http_from(&m), Err(DwarfError::Missing(_))));
+        assert!(matches!(grpc_from(&m), Err(DwarfError::Missing(_))));
     }
 
     #[test]

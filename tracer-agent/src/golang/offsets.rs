@@ -37,6 +37,20 @@ pub struct HttpOffsets {
     pub pconn_conn: u16,
 }
 
+/// The offsets grpc-go's request-context probes follow (to a stream's id
+/// and to the socket of its transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcOffsets {
+    /// `internal/transport.Stream.id` (`uint32`).
+    pub stream_id: u16,
+    /// `internal/transport.Stream.ct` (`*http2Client`).
+    pub stream_ct: u16,
+    /// `internal/transport.http2Client.conn` (`net.Conn`).
+    pub client_conn: u16,
+    /// `internal/transport.http2Server.conn` (`net.Conn`).
+    pub server_conn: u16,
+}
+
 /// The oldest Go the probes support: the register ABI (1.17) and the
 /// pclntab layout [`super::pclntab`] reads (1.18).
 pub const OLDEST: GoVersion = GoVersion {
@@ -84,6 +98,35 @@ const HTTP_TABLE: &[(GoVersion, GoVersion, HttpOffsets)] = &[(
         pconn_conn: 80,
     },
 )];
+
+/// Rows for grpc-go, keyed by its module version (`vMAJOR.MINOR.`
+/// prefix, from the build info's dependency list). Its structs hold only
+/// pointers, interfaces, strings and integers before these fields, whose
+/// sizes do not change with the Go version. Checked like [`TABLE`]: a
+/// test builds a grpc-go program (Debian's grpc-go sources) and compares
+/// its DWARF with this row. A binary built without module information
+/// (GOPATH mode) names no version: DWARF or nothing.
+const GRPC_TABLE: &[(&str, GrpcOffsets)] = &[(
+    "v1.33.",
+    // `Stream` starts with `id`, then `st` (an interface) and `ct`;
+    // `http2Client` has `lastRead`, `ctx`, `cancel`, `ctxDone`,
+    // `userAgent` and `md` (72 bytes) before `conn`; `http2Server` has
+    // `lastRead`, `ctx` and `done` (32 bytes) before it.
+    GrpcOffsets {
+        stream_id: 0,
+        stream_ct: 24,
+        client_conn: 72,
+        server_conn: 32,
+    },
+)];
+
+/// The grpc-go table's offsets for module version `v` (`v1.33.3`).
+pub fn grpc_for_version(v: &str) -> Option<GrpcOffsets> {
+    GRPC_TABLE
+        .iter()
+        .find(|(prefix, _)| v.starts_with(prefix))
+        .map(|(_, o)| *o)
+}
 
 /// The table's offsets for Go `v`, if it covers it.
 pub fn for_version(v: GoVersion) -> Option<TlsOffsets> {
@@ -133,5 +176,13 @@ mod tests {
         })
         .is_none());
         assert_eq!(supported_range(), "go1.18 to go1.27");
+    }
+
+    #[test]
+    fn grpc_rows_match_by_minor_version_only() {
+        assert_eq!(grpc_for_version("v1.33.3").map(|o| o.client_conn), Some(72));
+        assert!(grpc_for_version("v1.33").is_none());
+        assert!(grpc_for_version("v1.3.0").is_none());
+        assert!(grpc_for_version("v1.60.1").is_none());
     }
 }

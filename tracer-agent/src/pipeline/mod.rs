@@ -105,7 +105,10 @@ impl Pipeline {
         if self.done.is_empty() {
             return;
         }
-        for r in std::mem::take(&mut self.done) {
+        for mut r in std::mem::take(&mut self.done) {
+            if let Some(stream) = r.stream {
+                self.trace.settle_go_stream(&r.conn, stream, &mut r.ids);
+            }
             self.trace.on_completed(r.conn.role, r.task, r.ids.span_id);
             let process = self.procs.get_or_read(r.conn.tgid, "", &self.counters);
             let n = self.batch.len();

@@ -122,6 +122,8 @@ pub struct Record {
     pub end_estimated: bool,
     /// Trace context chosen when the request started.
     pub ids: SpanIds,
+    /// The HTTP/2 stream id (None for HTTP/1).
+    pub stream: Option<u32>,
     pub message: Message,
 }
 

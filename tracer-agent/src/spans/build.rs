@@ -79,6 +79,7 @@ mod tests {
             start_ts: 1_000,
             end_ts: 5_000,
             end_estimated: false,
+            stream: None,
             ids: SpanIds {
                 trace_id: [0xab; 16],
                 span_id: [0xcd; 8],

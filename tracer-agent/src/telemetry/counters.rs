@@ -158,6 +158,10 @@ registry! {
         /// CLIENT requests injected by the kernel that also carried an
         /// application header only the agent reads (a --trace-header name).
         inject_conflicts,
+        /// Go CLIENT requests whose injected parent and the agent's
+        /// goroutine link differ (an evicted kernel context): the ids that
+        /// went on the wire win.
+        go_inject_disagreed,
         /// Process notices (exec, dlopen, exit) dropped because too many
         /// arrived between two drains.
         notices_dropped,

@@ -23,11 +23,26 @@ pub struct KernelContexts {
     /// Injections by thread, in send order: (ports as the kernel packed
     /// them, ids).
     injected: HashMap<(u32, u32), VecDeque<(u64, KernelIds)>>,
+    /// Ids of a request whose head started in one data event and goes on
+    /// in the next, by kernel connection.
+    held: HashMap<u64, KernelIds>,
 }
 
 impl KernelContexts {
     pub fn is_empty(&self) -> bool {
-        self.server.is_empty() && self.injected.is_empty()
+        self.server.is_empty() && self.injected.is_empty() && self.held.is_empty()
+    }
+
+    /// Keeps `ids` for the head in progress on `conn_id`: the next data
+    /// event of that connection takes them first.
+    pub fn hold(&mut self, conn_id: u64, ids: KernelIds, stats: &Counters) {
+        if self.held.len() >= MAX_WAITING {
+            Self::overflow(stats, self.held.len());
+            self.held.clear();
+        }
+        if self.held.insert(conn_id, ids).is_some() {
+            Counters::inc(&stats.kernel_ctx_unmatched);
+        }
     }
 
     pub fn on_event(&mut self, ev: &TraceCtxEvent, stats: &Counters) {
@@ -37,9 +52,10 @@ impl KernelContexts {
                 Self::overflow(stats, self.server.len());
                 self.server.clear();
             }
-            if self.server.insert(ev.conn_id, (ev.seq, ids)).is_some() {
+            if let Some((seq, _)) = self.server.insert(ev.conn_id, (ev.seq, ids)) {
                 // The previous one's data event never came.
                 Counters::inc(&stats.kernel_ctx_unmatched);
+                tracing::debug!(conn_id = ev.conn_id, seq, "SERVER context replaced unused");
             }
         } else {
             if self.injected.len() >= MAX_WAITING {
@@ -69,12 +85,21 @@ impl KernelContexts {
         out: &mut Vec<KernelIds>,
         stats: &Counters,
     ) {
+        if let Some(k) = self.held.remove(&hdr.conn_id) {
+            out.push(k);
+        }
         if hdr.direction == DIR_INGRESS {
             if let Some((seq, ids)) = self.server.remove(&hdr.conn_id) {
                 if seq == hdr.seq {
                     out.push(ids);
                 } else {
                     Counters::inc(&stats.kernel_ctx_unmatched);
+                    tracing::debug!(
+                        conn_id = hdr.conn_id,
+                        seq,
+                        data_seq = hdr.seq,
+                        "SERVER context for another data event"
+                    );
                 }
             }
             return;
@@ -97,8 +122,11 @@ impl KernelContexts {
 
     /// A connection closed: its SERVER context can no longer match.
     pub fn forget_conn(&mut self, conn_id: u64, stats: &Counters) {
-        if self.server.remove(&conn_id).is_some() {
-            Counters::inc(&stats.kernel_ctx_unmatched);
+        let unused = usize::from(self.server.remove(&conn_id).is_some())
+            + usize::from(self.held.remove(&conn_id).is_some());
+        if unused > 0 {
+            Counters::add(&stats.kernel_ctx_unmatched, unused as u64);
+            tracing::debug!(conn_id, "kernel ids unused at close");
         }
     }
 

@@ -50,12 +50,18 @@ pub struct RequestStart<'a> {
     /// when the bytes started at a message boundary (the kernel chose ids
     /// for exactly those).
     pub index_in_chunk: Option<usize>,
+    /// The HTTP/2 stream id (None for HTTP/1).
+    pub stream: Option<u32>,
 }
 
 /// Chooses a request's ids when its head is parsed (implemented by
 /// [`TraceIds`]). The protocol layer knows nothing of how.
 pub trait ContextChooser {
     fn on_request(&mut self, r: &RequestStart<'_>) -> SpanIds;
+
+    /// The data event's next request head goes on in a later data event of
+    /// the same connection: the ids the kernel chose for it wait there.
+    fn hold_for_head(&mut self) {}
 }
 
 pub struct TraceIds {
@@ -67,6 +73,8 @@ pub struct TraceIds {
     /// request order, and how many of them were used.
     event_ids: Vec<KernelIds>,
     event_used: usize,
+    /// The kernel connection of the data event being parsed.
+    event_conn: u64,
     /// Parent links that follow goroutines (Go programs).
     go: goroutine::GoLinks,
     counters: Arc<Counters>,
@@ -81,6 +89,7 @@ impl TraceIds {
             kernel: KernelContexts::default(),
             event_ids: Vec::new(),
             event_used: 0,
+            event_conn: 0,
             go: goroutine::GoLinks::default(),
             counters,
         }
@@ -91,8 +100,17 @@ impl TraceIds {
     pub fn on_go_task(&mut self, ev: &tracer_common::GoTaskEvent, conn_id: Option<u64>) {
         match ev.role {
             tracer_common::GO_TASK_SERVE => {
-                self.go.serve(ev.tgid, ev.ctx_id, conn_id, &self.counters);
+                self.go
+                    .serve(ev.tgid, ev.ctx_id, conn_id, ev.stream, &self.counters);
             }
+            tracer_common::GO_TASK_CLIENT if ev.stream != 0 => self.go.stream_opened(
+                ev.tgid,
+                ev.fd,
+                ev.stream,
+                ev.ctx_id,
+                std::time::Instant::now(),
+                &self.counters,
+            ),
             tracer_common::GO_TASK_CLIENT => self.go.client(
                 ev.tgid,
                 ev.fd,
@@ -102,6 +120,29 @@ impl TraceIds {
             ),
             // A kernel object the agent does not match: counted, dropped.
             _ => Counters::inc(&self.counters.decode_errors),
+        }
+    }
+
+    /// A Go HTTP/2 CLIENT stream ended: with no parent yet, it takes the
+    /// SERVER span its stream was opened for (see [`goroutine`]). The span
+    /// is not out yet, so its trace can still change.
+    pub fn settle_go_stream(&mut self, conn: &ConnMeta, stream: u32, ids: &mut SpanIds) {
+        if conn.role != Role::Client || conn.thread_tasks {
+            return;
+        }
+        let parent = self
+            .go
+            .stream_parent(conn.tgid, conn.fd, stream, std::time::Instant::now());
+        match parent {
+            Some(p) if ids.parent_span_id.is_none() => {
+                Counters::inc(&self.counters.links_goroutine);
+                ids.trace_id = p.trace_id;
+                ids.parent_span_id = Some(p.span_id);
+                ids.flags = p.flags;
+                ids.tracestate = p.tracestate.clone();
+            }
+            // The application's own context won (or none was made).
+            _ => {}
         }
     }
 
@@ -125,6 +166,7 @@ impl TraceIds {
     pub fn begin_data(&mut self, hdr: &DataHeader, ports: Option<(Option<u16>, Option<u16>)>) {
         self.event_ids.clear();
         self.event_used = 0;
+        self.event_conn = hdr.conn_id;
         if self.kernel_ids_waiting() {
             self.kernel
                 .take_for(hdr, ports, &mut self.event_ids, &self.counters);
@@ -134,7 +176,10 @@ impl TraceIds {
     /// The data event was parsed: kernel ids no request took are counted.
     pub fn end_data(&mut self) {
         let unused = self.event_ids.len().saturating_sub(self.event_used);
-        Counters::add(&self.counters.kernel_ctx_unmatched, unused as u64);
+        if unused > 0 {
+            Counters::add(&self.counters.kernel_ctx_unmatched, unused as u64);
+            tracing::debug!(unused, "kernel ids no request of the data event took");
+        }
         self.event_ids.clear();
     }
 
@@ -183,6 +228,7 @@ impl TraceIds {
         remote: Option<RemoteContext>,
         role: Role,
         task: TaskId,
+        go_parent: Option<SpanIds>,
     ) -> SpanIds {
         match (remote, role) {
             (remote, Role::Client) => {
@@ -191,16 +237,33 @@ impl TraceIds {
                 if remote.is_some() {
                     Counters::inc(&self.counters.inject_conflicts);
                 }
-                let tracestate = match (k.linked, k.parent_span_id) {
-                    (true, Some(parent)) => {
+                let tracestate = match (k.linked, k.parent_span_id, go_parent) {
+                    // Go: the kernel followed the same goroutine chain as
+                    // the agent, so both name the same SERVER span.
+                    (true, Some(parent), Some(go)) => {
+                        if go.span_id == parent {
+                            Counters::inc(&self.counters.links_goroutine);
+                            go.tracestate
+                        } else {
+                            Counters::inc(&self.counters.go_inject_disagreed);
+                            None
+                        }
+                    }
+                    (true, Some(parent), None) => {
                         Counters::inc(&self.counters.links_in_process);
                         self.parents.tracestate(task, parent)
                     }
-                    (true, None) => {
+                    (true, None, _) => {
                         Counters::inc(&self.counters.links_in_process);
                         None
                     }
-                    (false, _) => None,
+                    (false, _, Some(_)) => {
+                        // The agent had a link the kernel lost (an
+                        // evicted context): the wire's root wins.
+                        Counters::inc(&self.counters.go_inject_disagreed);
+                        None
+                    }
+                    (false, _, None) => None,
                 };
                 SpanIds {
                     trace_id: k.trace_id,
@@ -301,6 +364,13 @@ impl TraceIds {
 }
 
 impl ContextChooser for TraceIds {
+    fn hold_for_head(&mut self) {
+        if let Some(k) = self.event_ids.get(self.event_used).copied() {
+            self.event_used += 1;
+            self.kernel.hold(self.event_conn, k, &self.counters);
+        }
+    }
+
     fn on_request(&mut self, r: &RequestStart<'_>) -> SpanIds {
         let (remote, errors) = extract(r.headers, &self.propagators);
         for e in errors {
@@ -310,7 +380,7 @@ impl ContextChooser for TraceIds {
         let role = r.conn.role;
         // A Go CLIENT request takes the claim on its socket whatever else
         // decides its ids, so the claim cannot pass to a later request.
-        let go_parent = (role == Role::Client && !r.conn.thread_tasks)
+        let go_parent = (role == Role::Client && !r.conn.thread_tasks && r.stream.is_none())
             .then(|| {
                 self.go
                     .parent_of(r.conn.tgid, r.conn.fd, std::time::Instant::now())
@@ -318,14 +388,15 @@ impl ContextChooser for TraceIds {
             })
             .flatten();
         let ids = match self.kernel_ids(r.index_in_chunk) {
-            Some(k) => self.kernel_chosen(k, remote, role, r.task),
+            Some(k) => self.kernel_chosen(k, remote, role, r.task, go_parent),
             None => self.agent_chosen(remote, role, r.task, go_parent),
         };
         if role == Role::Server {
             self.parents
                 .start_server(r.task, r.conn.conn_id, &ids, &self.counters);
             if !r.conn.thread_tasks {
-                self.go.server_started(r.conn.conn_id, &ids, &self.counters);
+                self.go
+                    .server_started(r.conn.conn_id, r.stream.unwrap_or(0), &ids, &self.counters);
             }
         }
         ids
@@ -380,6 +451,7 @@ mod tests {
             task: TaskId::thread(1, tid),
             headers: h,
             index_in_chunk: index,
+            stream: None,
         })
     }
 
@@ -431,6 +503,7 @@ mod tests {
             task,
             headers: &none(),
             index_in_chunk: None,
+            stream: None,
         });
         // Nothing is keyed by a shared thread ...
         assert_eq!(t.active_servers(), 0);
@@ -441,6 +514,7 @@ mod tests {
             task,
             headers: &none(),
             index_in_chunk: None,
+            stream: None,
         });
         // ... so the call the same thread writes is a counted root.
         assert_eq!(c.parent_span_id, None);

@@ -27,7 +27,7 @@ use crate::{
     golang::{
         buildinfo::{self, BuildInfoError},
         dwarf,
-        offsets::{self, HttpOffsets, TlsOffsets},
+        offsets::{self, GrpcOffsets, HttpOffsets, TlsOffsets},
         pclntab::{Func, Pclntab, PclntabError},
         rets::{self, Layout, RetError},
     },
@@ -43,7 +43,9 @@ pub const PROG_SERVE: &str = "tracer_go_serve";
 pub const PROG_CLIENT: &str = "tracer_go_client";
 pub const PROG_NEWPROC: &str = "tracer_go_newproc";
 pub const PROG_NEWPROC_RET: &str = "tracer_go_newproc_ret";
-pub const PROGRAMS: [&str; 7] = [
+pub const PROG_GRPC_SERVE: &str = "tracer_go_grpc_serve";
+pub const PROG_GRPC_CLIENT: &str = "tracer_go_grpc_client";
+pub const PROGRAMS: [&str; 9] = [
     PROG_WRITE,
     PROG_READ,
     PROG_READ_RET,
@@ -51,6 +53,8 @@ pub const PROGRAMS: [&str; 7] = [
     PROG_CLIENT,
     PROG_NEWPROC,
     PROG_NEWPROC_RET,
+    PROG_GRPC_SERVE,
+    PROG_GRPC_CLIENT,
 ];
 
 /// The probed functions, and the one whose address identifies a
@@ -66,17 +70,36 @@ pub const FN_PCONN_ROUNDTRIP: &str = "net/http.(*persistConn).roundTrip";
 pub const FN_NEWPROC1: &str = "runtime.newproc1";
 pub const FN_TLSCONN_CLOSE: &str = "crypto/tls.(*Conn).Close";
 pub const FN_RESPONSE_HEADER: &str = "net/http.(*response).Header";
+/// grpc-go: where a server starts serving a stream, where a client is
+/// given a new stream, and the method whose address identifies its own
+/// HTTP/2 server transport.
+pub const FN_GRPC_HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
+pub const FN_GRPC_NEW_STREAM: &str =
+    "google.golang.org/grpc/internal/transport.(*http2Client).NewStream";
+pub const FN_GRPC_SERVER_CLOSE: &str =
+    "google.golang.org/grpc/internal/transport.(*http2Server).Close";
+/// grpc-go's module path in the build info.
+const GRPC_MODULE: &str = "google.golang.org/grpc";
 
-/// What goroutine links need of a file, besides the TLS probes.
+/// What goroutine links need of a file, besides the TLS probes. Each
+/// site is optional (a server may make no HTTP calls, a CLI serves
+/// nothing); goroutine creation and at least one site are not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoLinks {
-    pub http: HttpOffsets,
-    /// Virtual addresses of `crypto/tls.(*Conn).Close` and
-    /// `net/http.(*response).Header`.
+    /// net/http's offsets, when its serving or client site is probed.
+    pub http: Option<HttpOffsets>,
+    /// grpc-go's offsets, when one of its sites is probed.
+    pub grpc: Option<GrpcOffsets>,
+    /// Virtual addresses of `crypto/tls.(*Conn).Close`,
+    /// `net/http.(*response).Header` and grpc-go's
+    /// `(*http2Server).Close` (0: absent, or that site not probed).
     pub tlsconn_close: u64,
     pub response_header: u64,
+    pub grpc_server_close: u64,
     /// (program, file offset) of the link probes.
     pub points: Vec<(&'static str, u64)>,
+    /// What is followed, for the log ("net/http serve, ...").
+    pub sites: Vec<&'static str>,
 }
 
 /// What a Go executable's `crypto/tls` probes need, found once per file.
@@ -110,11 +133,22 @@ impl GoTlsFile {
             ..GoTlsLayout::default()
         };
         if let Ok(links) = &self.links {
-            l.tlsconn_close = links.tlsconn_close.wrapping_add(bias);
-            l.response_header = links.response_header.wrapping_add(bias);
-            l.response_conn = links.http.response_conn;
-            l.conn_rwc = links.http.conn_rwc;
-            l.pconn_conn = links.http.pconn_conn;
+            let at = |va: u64| if va == 0 { 0 } else { va.wrapping_add(bias) };
+            l.links = 1;
+            l.tlsconn_close = at(links.tlsconn_close);
+            l.response_header = at(links.response_header);
+            l.grpc_server_close = at(links.grpc_server_close);
+            if let Some(http) = links.http {
+                l.response_conn = http.response_conn;
+                l.conn_rwc = http.conn_rwc;
+                l.pconn_conn = http.pconn_conn;
+            }
+            if let Some(grpc) = links.grpc {
+                l.grpc_stream_id = grpc.stream_id;
+                l.grpc_stream_ct = grpc.stream_ct;
+                l.grpc_client_conn = grpc.client_conn;
+                l.grpc_server_conn = grpc.server_conn;
+            }
         }
         l
     }
@@ -190,6 +224,9 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
         FN_NEWPROC1,
         FN_TLSCONN_CLOSE,
         FN_RESPONSE_HEADER,
+        FN_GRPC_HANDLE_STREAM,
+        FN_GRPC_NEW_STREAM,
+        FN_GRPC_SERVER_CLOSE,
     ]);
     let one = |name: &'static str| {
         let mut it = funcs.iter().filter(|f| f.name == name);
@@ -251,27 +288,74 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
     let read_rets = rets::ret_offsets(&mut f, &layout, read)
         .map_err(|err| GoTlsError::Rets { func: FN_READ, err })?;
     points.extend(read_rets.into_iter().map(|o| (PROG_READ_RET, o)));
-    let links = http.and_then(|http| {
+    let grpc = match members.as_ref().map(dwarf::grpc_from) {
+        Some(Ok(o)) => Some(o),
+        _ => info.dep(GRPC_MODULE).and_then(offsets::grpc_for_version),
+    };
+    let links = (|| -> Result<GoLinks, String> {
         let need = |name: &'static str| one(name).map_err(|e| e.to_string());
-        let at = |name: &'static str| {
-            let func = need(name)?;
-            entry(func).ok_or_else(|| unmapped(name, func.entry).to_string())
+        let at = |func: &Func| {
+            entry(func).ok_or_else(|| format!("{} is not in a loaded segment", func.name))
         };
-        let mut points = vec![
-            (PROG_SERVE, at(FN_SERVE)?),
-            (PROG_CLIENT, at(FN_PCONN_ROUNDTRIP)?),
-            (PROG_NEWPROC, at(FN_NEWPROC1)?),
-        ];
-        let rets = rets::ret_offsets(&mut f, &layout, need(FN_NEWPROC1)?)
-            .map_err(|e| format!("{FN_NEWPROC1}: {e}"))?;
-        points.extend(rets.into_iter().map(|o| (PROG_NEWPROC_RET, o)));
-        Ok(GoLinks {
-            http,
-            tlsconn_close: need(FN_TLSCONN_CLOSE)?.entry,
-            response_header: need(FN_RESPONSE_HEADER)?.entry,
+        let rets_of = |f: &mut File, name: &'static str, func: &Func| {
+            rets::ret_offsets(f, &layout, func).map_err(|e| format!("{name}: {e}"))
+        };
+        let newproc = need(FN_NEWPROC1)?;
+        let mut points = vec![(PROG_NEWPROC, at(newproc)?)];
+        points.extend(
+            rets_of(&mut f, FN_NEWPROC1, newproc)?
+                .into_iter()
+                .map(|o| (PROG_NEWPROC_RET, o)),
+        );
+        let mut l = GoLinks {
+            http: None,
+            grpc: None,
+            tlsconn_close: one(FN_TLSCONN_CLOSE).map_or(0, |f| f.entry),
+            response_header: 0,
+            grpc_server_close: 0,
             points,
-        })
-    });
+            sites: Vec::new(),
+        };
+        if let Ok(http) = &http {
+            if let (Ok(serve), Ok(header)) = (one(FN_SERVE), one(FN_RESPONSE_HEADER)) {
+                l.points.push((PROG_SERVE, at(serve)?));
+                l.response_header = header.entry;
+                l.sites.push("net/http serving");
+            }
+            if let Ok(rt) = one(FN_PCONN_ROUNDTRIP) {
+                l.points.push((PROG_CLIENT, at(rt)?));
+                l.sites.push("net/http client");
+            }
+            if !l.sites.is_empty() {
+                l.http = Some(*http);
+            }
+        }
+        if let Some(grpc) = grpc {
+            let before = l.sites.len();
+            if let (Ok(handle), Ok(close)) = (one(FN_GRPC_HANDLE_STREAM), one(FN_GRPC_SERVER_CLOSE))
+            {
+                l.points.push((PROG_GRPC_SERVE, at(handle)?));
+                l.grpc_server_close = close.entry;
+                l.sites.push("grpc-go serving");
+            }
+            if let Ok(new_stream) = one(FN_GRPC_NEW_STREAM) {
+                let rets = rets_of(&mut f, FN_GRPC_NEW_STREAM, new_stream)?;
+                l.points
+                    .extend(rets.into_iter().map(|o| (PROG_GRPC_CLIENT, o)));
+                l.sites.push("grpc-go client");
+            }
+            if l.sites.len() > before {
+                l.grpc = Some(grpc);
+            }
+        }
+        if l.sites.is_empty() {
+            return Err(match &http {
+                Err(why) => why.clone(),
+                Ok(_) => "no net/http or grpc-go site to follow".to_owned(),
+            });
+        }
+        Ok(l)
+    })();
     Ok(GoTlsFile {
         go_version: info.go_version,
         offsets,
@@ -396,7 +480,11 @@ impl GoTls {
         Some(match analyse(exe) {
             Ok(f) => {
                 let links = match &f.links {
-                    Ok(l) => format!("goroutine links on ({} probes)", l.points.len()),
+                    Ok(l) => format!(
+                        "goroutine links on ({} probes: {})",
+                        l.points.len(),
+                        l.sites.join(", ")
+                    ),
                     Err(why) => format!("goroutine links off: {why}"),
                 };
                 tracing::info!(

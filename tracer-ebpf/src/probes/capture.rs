@@ -19,6 +19,7 @@ use super::{
     context::server_context,
     ctx_nr, ctx_u64,
     data::{fill_scratch, is_ingress, on_data, starts_h2_preface, upgrade_to_h2},
+    goroutines::disarm,
     h2::walk_tail,
     tls::{inside_tls_call, note_read},
     CALL_ACCEPT, CALL_CONNECT, OFF_RET,
@@ -43,6 +44,9 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(call) = take_inflight(pid_tgid, &cfg) else {
         return Ok(());
     };
+    if call.armed != 0 {
+        disarm(pid_tgid);
+    }
     if ctx_nr(ctx) != call.nr {
         return Ok(());
     }

@@ -20,7 +20,10 @@ use tracer_common::{
     TAIL_SERVER_CTX, TRACESTATE_MAX,
 };
 
-use super::data::{starts_request, DataTarget};
+use super::{
+    data::{starts_request, DataTarget},
+    goroutines::keep_server_ctx,
+};
 use crate::{
     emit::{output_ctx, output_scratch},
     maps::{bump, config, thread_link_off, ThreadCtx, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
@@ -171,6 +174,8 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
     // linked to it by thread. A wrong parent is worse than none.
     if thread_link_off(hdr.tgid) {
         bump(STAT_THREAD_LINK_OFF);
+        // Go: the context follows goroutines instead.
+        keep_server_ctx(hdr.tgid, hdr.fd, build);
         output_ctx(&ev);
         return;
     }

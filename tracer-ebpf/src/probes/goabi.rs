@@ -13,11 +13,18 @@ pub fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+#[inline(always)]
+pub fn read_u32(addr: u64) -> Option<u32> {
+    // SAFETY: bpf_probe_read_user checks the user address.
+    unsafe { bpf_probe_read_user(addr as *const u32) }.ok()
+}
+
 /// The registers Go's probes read (x86-64 `pt_regs`).
 pub struct Regs {
     pub rax: u64,
     pub rbx: u64,
     pub rcx: u64,
+    pub rdi: u64,
     pub r14: u64,
 }
 
@@ -31,6 +38,7 @@ pub fn regs(ctx: &ProbeContext) -> Regs {
             rax: r.rax,
             rbx: r.rbx,
             rcx: r.rcx,
+            rdi: r.rdi,
             r14: r.r14,
         }
     }

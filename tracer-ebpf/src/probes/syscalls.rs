@@ -13,7 +13,10 @@ use tracer_common::{
     SRC_WRITE, SRC_WRITEV, STAT_INFLIGHT_COLLISIONS,
 };
 
-use super::{ctx_nr, ctx_u64, CALL_ACCEPT, CALL_CONNECT, OFF_ARG0, OFF_ARG1, OFF_ARG2};
+use super::{
+    ctx_nr, ctx_u64, goroutines::arm_injection, CALL_ACCEPT, CALL_CONNECT, OFF_ARG0, OFF_ARG1,
+    OFF_ARG2,
+};
 use crate::maps::{bump, config, inflight_slot, PID_FILTER};
 
 /// Whether this process is traced at all: never the agent itself, and only
@@ -42,6 +45,13 @@ fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {
     let Some(slot) = inflight_slot(pid_tgid, &cfg) else {
         return;
     };
+    // Injection only: one hash lookup per write, for Go's goroutine links.
+    let armed = cfg.inject_context != 0
+        && matches!(
+            kind,
+            SRC_WRITE | SRC_SENDTO | SRC_WRITEV | SRC_SENDMSG | SRC_SENDFILE
+        )
+        && arm_injection(pid_tgid, fd as u32);
     // SAFETY: valid map value pointer. The owner is cleared first and
     // written last, so a concurrent reader never takes a half-written slot.
     unsafe {
@@ -56,6 +66,7 @@ fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {
         (*slot).fd = fd as u32;
         (*slot).nr = ctx_nr(ctx);
         (*slot).kind = kind;
+        (*slot).armed = u8::from(armed);
         core::ptr::write_volatile(&mut (*slot).pid_tgid, pid_tgid);
     }
 }

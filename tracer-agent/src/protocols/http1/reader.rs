@@ -362,6 +362,11 @@ impl MessageReader {
         matches!(self.state, State::Idle | State::Desync)
     }
 
+    /// Inside a header section that has not ended yet.
+    pub fn in_head(&self) -> bool {
+        matches!(self.state, State::Head)
+    }
+
     /// `n` bytes moved without being captured.
     pub fn gap(&mut self, n: u64, ts: u64) -> Option<Event> {
         if n == 0 {

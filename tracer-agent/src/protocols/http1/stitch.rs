@@ -41,6 +41,9 @@ pub struct Http1 {
     /// The request a `101 Switching Protocols` to h2c answered: it goes
     /// on as HTTP/2 stream 1, so it is handed over, not recorded.
     upgraded: Option<Upgrade>,
+    /// The request head in progress started at a chunk boundary, and the
+    /// ids the kernel chose for it are held (`ContextChooser::hold_for_head`).
+    head_held: bool,
 }
 
 fn exchange(req: RequestHead, resp: ResponseHead) -> HttpExchange {
@@ -64,6 +67,7 @@ impl Http1 {
             responses: MessageReader::with_trace_headers(Kind::Response, trace_names),
             pending: VecDeque::new(),
             upgraded: None,
+            head_held: false,
         }
     }
 
@@ -93,6 +97,7 @@ impl Http1 {
             end_ts: end_ts.max(p.start_ts),
             end_estimated: estimated,
             ids: p.ids,
+            stream: None,
             message: Message::Http(exchange(p.request, response)),
         });
     }
@@ -131,6 +136,7 @@ impl Http1 {
                     task,
                     headers: &head.headers,
                     index_in_chunk,
+                    stream: None,
                 });
                 self.pending.push_back(Pending {
                     request: head,
@@ -216,7 +222,11 @@ impl Protocol for Http1 {
                 // the chunk starts at a message boundary (nothing held
                 // over): those are the ones the kernel may have chosen ids
                 // for.
-                let mut index = self.requests.starts_fresh().then_some(0usize);
+                // A head the previous chunk started at a boundary and left
+                // incomplete (a peer's send split by an injected header,
+                // say) is request 0 here: its ids were held over.
+                let mut index = (self.requests.starts_fresh() || self.head_held).then_some(0usize);
+                self.head_held = false;
                 self.requests.begin_chunk(chunk.bytes, ts);
                 let mut input = chunk.bytes;
                 while let Some(ev) = self
@@ -231,6 +241,11 @@ impl Protocol for Http1 {
                 }
                 if let Some(ev) = self.requests.gap(chunk.gap, ts) {
                     self.on_request_event(ev, chunk.task, None, ids, cx);
+                } else if index.is_some() && self.requests.in_head() {
+                    // The next request's head goes on in a later chunk:
+                    // the kernel's ids for it (if any) wait for it.
+                    ids.hold_for_head();
+                    self.head_held = true;
                 }
             }
             Side::Response => {

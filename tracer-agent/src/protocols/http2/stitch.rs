@@ -482,6 +482,7 @@ impl State {
             headers: &fields,
             // The kernel chooses ids for HTTP/1 requests only.
             index_in_chunk: None,
+            stream: Some(id),
         });
         self.streams.insert(
             id,
@@ -540,6 +541,7 @@ impl State {
             end_ts: end_ts.max(s.start_ts),
             end_estimated: false,
             ids: s.ids,
+            stream: Some(id),
             message,
         });
     }

@@ -94,7 +94,8 @@ fn on_write(ctx: &ProbeContext) -> Option<()> {
             fd,
             nr: 0,
             kind: SRC_SSL_WRITE,
-            _pad: [0; 7],
+            armed: 0,
+            _pad: [0; 6],
         },
         r.rcx,
     )
@@ -185,7 +186,8 @@ fn on_read_ret(ctx: &ProbeContext) -> Option<()> {
             fd: call.fd,
             nr: 0,
             kind: SRC_SSL_READ,
-            _pad: [0; 7],
+            armed: 0,
+            _pad: [0; 6],
         },
         n as u64,
     )

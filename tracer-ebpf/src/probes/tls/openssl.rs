@@ -157,7 +157,8 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
             fd,
             nr: 0,
             kind: call.kind,
-            _pad: [0; 7],
+            armed: 0,
+            _pad: [0; 6],
         },
         bytes,
     )
