@@ -3,7 +3,11 @@
 //! link, in the agent or in the kernel's injection context: goroutines
 //! move between threads, so a thread-keyed link there is a guess.
 
-use std::{collections::HashMap, fs::File, thread};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    thread,
+};
 
 use tracer_agent::golang::buildinfo;
 use tracer_tests::{golang::*, *};
@@ -134,6 +138,19 @@ impl Spans {
     /// Every CLIENT span is a root or the child of exactly the request that
     /// caused it (its path names the request). Returns (exact, roots).
     fn check_links(&self) -> (usize, usize) {
+        let (exact, roots, split) = self.check_links_allowing_split_heads();
+        assert!(split.is_empty(), "trace ids differ under {split:?}");
+        (exact, roots)
+    }
+
+    /// [`Self::check_links`], except that a child of exactly its request
+    /// may carry another trace id when that request's head reached the
+    /// server in two reads (the caller's send split where our injector
+    /// inserted its header): the kernel chose the ids at the first read,
+    /// which held no `traceparent` yet. Returns the span ids of those
+    /// requests too; the agent counts each as `inject_context_mismatch`.
+    fn check_links_allowing_split_heads(&self) -> (usize, usize, HashSet<String>) {
+        let mut split = HashSet::new();
         assert_eq!(self.servers.len(), SHAPES.len() * CONCURRENT);
         let (mut exact, mut roots) = (0, 0);
         for c in &self.clients {
@@ -152,10 +169,12 @@ impl Spans {
                 s(cause, "span_id"),
                 "CLIENT {path} parented to the wrong request:\n{c:#}\ncause: {cause:#}"
             );
-            assert_eq!(s(c, "trace_id"), s(cause, "trace_id"));
+            if s(c, "trace_id") != s(cause, "trace_id") {
+                split.insert(s(cause, "span_id").to_owned());
+            }
             exact += 1;
         }
-        (exact, roots)
+        (exact, roots, split)
     }
 }
 
@@ -223,10 +242,14 @@ fn go_fan_out_with_injection_carries_each_calls_own_parent_downstream() {
     let mut agent = Agent::start(&["--inject-context", "on"]);
     let _late = fanout(&build("fanout", NEWEST, false), late_port, &base, None);
     let mut calls = 0;
+    let mut split_heads = 0;
     for port in [early_port, late_port] {
         let spans = fan_out(&agent, port, down);
-        let (exact, roots) = spans.check_links();
+        let (exact, roots, split) = spans.check_links_allowing_split_heads();
         assert_eq!((exact, roots), (spans.clients.len(), 0), "port {port}");
+        // Rare (about one run in ten here), and never most of them.
+        assert!(split.len() <= 2, "port {port}: {split:?}");
+        split_heads += split.len();
         for c in &spans.clients {
             let path = attr(c, "url.path").as_str().unwrap_or("");
             let d = &spans.downstream[path];
@@ -253,6 +276,13 @@ fn go_fan_out_with_injection_carries_each_calls_own_parent_downstream() {
     assert!(!kernel.contains("go_server_ctx_missing"), "{line}");
     assert!(line.contains(&format!("links_goroutine={calls}")), "{line}");
     assert!(!line.contains("go_inject_disagreed"), "{line}");
+    // Each split head is counted (so are those of the downstream's
+    // requests, whose spans take the trace their header names).
+    let mismatches: usize = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inject_context_mismatch="))
+        .map_or(0, |n| n.parse().unwrap_or(0));
+    assert!(mismatches >= split_heads, "{split_heads} split: {line}");
 }
 
 const GRPC_SHAPES: [&str; 3] = ["grpc", "grpcfan", "grpcchain"];

@@ -279,18 +279,25 @@ fn on_client(ctx: &ProbeContext) -> Option<()> {
     if config().inject_context != 0 {
         pend(tgid, fd, ctx_id);
     }
+    emit_client(tgid, fd, 0, ctx_id);
+    Some(())
+}
+
+/// The next request on (tgid, fd) (HTTP/1, `stream` 0), or its stream
+/// `stream`, is made for `ctx_id`.
+#[inline(always)]
+fn emit_client(tgid: u32, fd: u32, stream: u32, ctx_id: u64) {
     emit_go_task(&GoTaskEvent {
         kind: EVENT_GO_TASK,
         role: GO_TASK_CLIENT,
         _pad: [0; 2],
         tgid,
         fd,
-        stream: 0,
+        stream,
         ctx_id,
         // SAFETY: no preconditions.
         ts: unsafe { bpf_ktime_get_ns() },
     });
-    Some(())
 }
 
 /// Each RET of grpc-go's `transport.(*http2Client).NewStream`.
@@ -326,17 +333,7 @@ fn on_grpc_client(ctx: &ProbeContext) -> Option<()> {
         // A stream id is used once: nothing to void.
         return None;
     }
-    emit_go_task(&GoTaskEvent {
-        kind: EVENT_GO_TASK,
-        role: GO_TASK_CLIENT,
-        _pad: [0; 2],
-        tgid,
-        fd,
-        stream,
-        ctx_id,
-        // SAFETY: no preconditions.
-        ts: unsafe { bpf_ktime_get_ns() },
-    });
+    emit_client(tgid, fd, stream, ctx_id);
     Some(())
 }
 
