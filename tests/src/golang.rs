@@ -147,19 +147,28 @@ pub fn fanout(bin: &Path, port: u16, down: &str, tls: Option<&(PathBuf, PathBuf)
 }
 
 /// The gRPC service (`tests/go/grpcfan`): net/http on 127.0.0.1:`http`,
-/// grpc-go on 127.0.0.1:`grpc`, calling the gRPC server at `target`.
-pub fn grpcfan(bin: &Path, http: u16, grpc: u16, target: u16) -> Proc {
+/// grpc-go on 127.0.0.1:`grpc`, calling the gRPC server at `target`;
+/// gRPC over TLS when `tls` gives a certificate and key.
+pub fn grpcfan(
+    bin: &Path,
+    http: u16,
+    grpc: u16,
+    target: u16,
+    tls: Option<&(PathBuf, PathBuf)>,
+) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-http")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("-grpc")
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("-target")
+        .arg(format!("127.0.0.1:{target}"));
+    if let Some((cert, key)) = tls {
+        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
     let p = Proc::spawn(
         "go grpcfan",
-        Command::new(bin)
-            .arg("-http")
-            .arg(format!("127.0.0.1:{http}"))
-            .arg("-grpc")
-            .arg(format!("127.0.0.1:{grpc}"))
-            .arg("-target")
-            .arg(format!("127.0.0.1:{target}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
+        cmd.stdout(Stdio::null()).stderr(Stdio::inherit()),
     );
     wait_port(http);
     wait_port(grpc);

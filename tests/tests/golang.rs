@@ -291,21 +291,37 @@ const GRPC_SHAPES: [&str; 3] = ["grpc", "grpcfan", "grpcchain"];
 /// requests of each shape, all multiplexed as HTTP/2 streams on one
 /// connection whose HEADERS grpc's writer goroutine writes: a call from
 /// an HTTP handler's goroutine, three from goroutines it spawned, and one
-/// from a gRPC handler (the stream's own goroutine). Every call names its
-/// cause in its method path, and every link is exact.
+/// from a gRPC handler (the stream's own goroutine), over plaintext and
+/// TLS. Every call names its cause in its method path, and every link is
+/// exact.
 #[test]
 fn go_grpc_calls_inside_handlers_link_to_their_request() {
     if !require_root("go_grpc_calls_inside_handlers_link_to_their_request") {
         return;
     }
     // One service running before the agent, one started after, of the
-    // oldest and the newest Go; each calls its own gRPC server.
+    // oldest and the newest Go; each calls its own gRPC server, the first
+    // over TLS (grpc-go's credentials wrap the *tls.Conn).
+    let dir = TempDir::new("grpc-tls");
+    let cert = self_signed_cert(&dir);
     let (h1, g1, h2, g2) = (free_port(), free_port(), free_port(), free_port());
-    let _early = grpcfan(&build_grpc("grpcfan", OLDEST), h1, g1, g1);
+    let _early = grpcfan(&build_grpc("grpcfan", OLDEST), h1, g1, g1, Some(&cert));
     let mut agent = Agent::start(&[]);
-    let _late = grpcfan(&build_grpc("grpcfan", NEWEST), h2, g2, g2);
+    let _late = grpcfan(&build_grpc("grpcfan", NEWEST), h2, g2, g2, None);
     let mut links = 0;
     for (http, grpc) in [(h1, g1), (h2, g2)] {
+        // Each service's gRPC connection was opened before its TLS probes
+        // were on (the early one before the agent; the late one dials
+        // within milliseconds of its exec): the agent joins it mid-way,
+        // and a joined HTTP/2 connection's first write is not trusted as
+        // a frame boundary. One warm-up call (not counted) passes that.
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-f",
+            &format!("http://127.0.0.1:{http}/grpc/warm"),
+        ]);
+        thread::sleep(std::time::Duration::from_millis(300));
         for shape in GRPC_SHAPES {
             let workers: Vec<_> = (0..CONCURRENT)
                 .map(|i| {
@@ -325,6 +341,10 @@ fn go_grpc_calls_inside_handlers_link_to_their_request() {
                 ours(sp)
                     && s(sp, "kind") == "SERVER"
                     && attr_i(sp, "server.port") == i64::from(http)
+                    && attr(sp, "url.path")
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(&tagged)
             })
             .into_iter()
             .map(|sp| (attr(&sp, "url.path").as_str().unwrap_or("").to_owned(), sp))
@@ -349,7 +369,12 @@ fn go_grpc_calls_inside_handlers_link_to_their_request() {
         assert_eq!(clients.len(), calls);
         for c in &clients {
             let svc = service(c);
-            assert_eq!(attr_i(c, "rpc.grpc.status_code"), 0, "{c:#}");
+            if http == h2 {
+                // Over TLS the joined connection's HPACK table was filled
+                // partly unseen: the trailers' status may be an entry the
+                // agent never saw (`tracer.headers_unknown`).
+                assert_eq!(attr_i(c, "rpc.grpc.status_code"), 0, "{c:#}");
+            }
             // grpcchain.pPtI.hop was caused by the gRPC stream
             // grpcchain.pPtI; SHAPE.pPtI[.N] by HTTP request /SHAPE/pPtI.
             let parts: Vec<&str> = svc.split('.').collect();
@@ -368,8 +393,19 @@ fn go_grpc_calls_inside_handlers_link_to_their_request() {
         links += clients.len();
     }
     let line = summary(&mut agent);
-    assert!(line.contains(&format!("links_goroutine={links}")), "{line}");
-    assert!(!line.contains("go_serve_unmatched"), "{line}");
+    let count = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map_or(0, |n| n.parse().unwrap_or(0))
+    };
+    // The two warm-up calls may link too, or (their streams unseen) leave
+    // a serving context unmatched; nothing else may.
+    assert!(
+        (links..=links + 2).contains(&count("links_goroutine")),
+        "{line}"
+    );
+    assert!(count("go_serve_unmatched") <= 2, "{line}");
+    assert!(count("links_unfollowable") <= 2, "{line}");
 }
 
 /// `go tool nm -size` of an unstripped binary: name -> (address, size) of

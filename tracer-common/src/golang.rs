@@ -55,9 +55,17 @@ pub struct GoTlsLayout {
     pub grpc_client_conn: u16,
     /// Offset of `transport.http2Server.conn` (`net.Conn`).
     pub grpc_server_conn: u16,
+    /// Run-time address of grpc-go's
+    /// `internal/credentials.(*syscallConn).Close`: the first method slot
+    /// of a `net.Conn` holding the wrapper grpc-go's TLS credentials put
+    /// around a `*tls.Conn` (0: not followed).
+    pub grpc_syscallconn_close: u64,
+    /// Offset of the `net.Conn` embedded in `syscallConn` (the `*tls.Conn`).
+    pub grpc_syscallconn_conn: u16,
+    pub _pad2: [u16; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 56);
+const _: () = assert!(core::mem::size_of::<GoTlsLayout>() == 72);
 
 #[cfg(feature = "user")]
 mod user {

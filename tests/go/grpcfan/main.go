@@ -6,7 +6,10 @@
 // multiplexed on one TCP connection and written by grpc's loopy writer
 // goroutine, not by the goroutine that made the call.
 //
-//	grpcfan -http 127.0.0.1:P -grpc 127.0.0.1:Q -target 127.0.0.1:R
+//	grpcfan -http 127.0.0.1:P -grpc 127.0.0.1:Q -target 127.0.0.1:R [-cert C -key K]
+//
+// With -cert and -key, gRPC goes over TLS both ways (grpc-go's TLS
+// credentials, which wrap the *tls.Conn in a type of their own).
 //
 // Routes (each answers 200 "ok" once its calls succeeded):
 //
@@ -26,6 +29,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"log"
@@ -36,6 +40,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -111,7 +116,21 @@ func main() {
 	httpAddr := flag.String("http", "127.0.0.1:18100", "HTTP/1 listen address")
 	grpcAddr := flag.String("grpc", "127.0.0.1:18101", "gRPC listen address")
 	target := flag.String("target", "127.0.0.1:18101", "gRPC server to call")
+	cert := flag.String("cert", "", "TLS certificate for gRPC (with -key)")
+	key := flag.String("key", "", "TLS key for gRPC (with -cert)")
 	flag.Parse()
+
+	serverOpts := []grpc.ServerOption{grpc.UnknownServiceHandler(serveAny)}
+	dialOpt := grpc.WithInsecure()
+	if *cert != "" {
+		creds, err := credentials.NewServerTLSFromFile(*cert, *key)
+		if err != nil {
+			log.Fatal(err)
+		}
+		serverOpts = append(serverOpts, grpc.Creds(creds))
+		// The test's certificate is self-signed for 127.0.0.1.
+		dialOpt = grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}))
+	}
 
 	// Listen before printing, so "listening" means connectable.
 	gl, err := net.Listen("tcp", *grpcAddr)
@@ -122,12 +141,12 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.UnknownServiceHandler(serveAny))
+	srv := grpc.NewServer(serverOpts...)
 	go func() { log.Fatal(srv.Serve(gl)) }()
 
 	// Not WithBlock: the target may be a process started after this one.
 	// One ClientConn for every call, so streams share one connection.
-	cc, err = grpc.Dial(*target, grpc.WithInsecure())
+	cc, err = grpc.Dial(*target, dialOpt)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -34,7 +34,7 @@ pub enum DwarfError {
 }
 
 /// The (struct, member) pairs looked for.
-const WANTED: [(&str, &str); 14] = [
+const WANTED: [(&str, &str); 15] = [
     ("net/http.response", "conn"),
     ("net/http.conn", "rwc"),
     ("net/http.persistConn", "conn"),
@@ -49,11 +49,13 @@ const WANTED: [(&str, &str); 14] = [
     (GRPC_STREAM, "ct"),
     (GRPC_CLIENT, "conn"),
     (GRPC_SERVER, "conn"),
+    (GRPC_SYSCALLCONN, "Conn"),
 ];
 
 const GRPC_STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
 const GRPC_CLIENT: &str = "google.golang.org/grpc/internal/transport.http2Client";
 const GRPC_SERVER: &str = "google.golang.org/grpc/internal/transport.http2Server";
+const GRPC_SYSCALLCONN: &str = "google.golang.org/grpc/internal/credentials.syscallConn";
 
 /// Byte offset of each (struct, member) found.
 pub type Members = HashMap<(String, String), u64>;
@@ -176,6 +178,8 @@ pub fn grpc_from(m: &Members) -> Result<GrpcOffsets, DwarfError> {
         stream_ct: narrow(get(GRPC_STREAM, "ct")?)?,
         client_conn: narrow(get(GRPC_CLIENT, "conn")?)?,
         server_conn: narrow(get(GRPC_SERVER, "conn")?)?,
+        // Not linked in without TLS credentials: then it is never met.
+        syscallconn_conn: get(GRPC_SYSCALLCONN, "Conn").map_or(Ok(0), narrow)?,
     })
 }
 

@@ -49,6 +49,9 @@ pub struct GrpcOffsets {
     pub client_conn: u16,
     /// `internal/transport.http2Server.conn` (`net.Conn`).
     pub server_conn: u16,
+    /// The `net.Conn` embedded in `internal/credentials.syscallConn`
+    /// (its TLS wrapper).
+    pub syscallconn_conn: u16,
 }
 
 /// The oldest Go the probes support: the register ABI (1.17) and the
@@ -111,12 +114,14 @@ const GRPC_TABLE: &[(&str, GrpcOffsets)] = &[(
     // `Stream` starts with `id`, then `st` (an interface) and `ct`;
     // `http2Client` has `lastRead`, `ctx`, `cancel`, `ctxDone`,
     // `userAgent` and `md` (72 bytes) before `conn`; `http2Server` has
-    // `lastRead`, `ctx` and `done` (32 bytes) before it.
+    // `lastRead`, `ctx` and `done` (32 bytes) before it; `syscallConn`
+    // embeds the `net.Conn` first.
     GrpcOffsets {
         stream_id: 0,
         stream_ct: 24,
         client_conn: 72,
         server_conn: 32,
+        syscallconn_conn: 0,
     },
 )];
 

@@ -141,8 +141,12 @@ impl TraceIds {
                 ids.flags = p.flags;
                 ids.tracestate = p.tracestate.clone();
             }
-            // The application's own context won (or none was made).
-            _ => {}
+            // The application's own context won.
+            Some(_) => {}
+            None if ids.parent_span_id.is_none() => {
+                Counters::inc(&self.counters.links_unfollowable);
+            }
+            None => {}
         }
     }
 
@@ -312,6 +316,7 @@ impl TraceIds {
         role: Role,
         task: TaskId,
         go_parent: Option<SpanIds>,
+        settles_later: bool,
     ) -> SpanIds {
         let span_id = self.gen.span_id();
         match (remote, role) {
@@ -341,6 +346,8 @@ impl TraceIds {
                     Counters::inc(&self.counters.links_ambiguous);
                     self.gen.root(span_id)
                 }
+                // A Go HTTP/2 stream: linked when it ends (settle_go_stream).
+                Serving::Unfollowable if settles_later => self.gen.root(span_id),
                 Serving::Unfollowable => match go_parent {
                     Some(parent) => {
                         Counters::inc(&self.counters.links_goroutine);
@@ -389,7 +396,11 @@ impl ContextChooser for TraceIds {
             .flatten();
         let ids = match self.kernel_ids(r.index_in_chunk) {
             Some(k) => self.kernel_chosen(k, remote, role, r.task, go_parent),
-            None => self.agent_chosen(remote, role, r.task, go_parent),
+            None => {
+                let settles_later =
+                    role == Role::Client && !r.conn.thread_tasks && r.stream.is_some();
+                self.agent_chosen(remote, role, r.task, go_parent, settles_later)
+            }
         };
         if role == Role::Server {
             self.parents

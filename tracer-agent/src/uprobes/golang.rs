@@ -78,6 +78,9 @@ pub const FN_GRPC_NEW_STREAM: &str =
     "google.golang.org/grpc/internal/transport.(*http2Client).NewStream";
 pub const FN_GRPC_SERVER_CLOSE: &str =
     "google.golang.org/grpc/internal/transport.(*http2Server).Close";
+/// The wrapper grpc-go's TLS credentials put around a `*tls.Conn`.
+pub const FN_GRPC_SYSCALLCONN_CLOSE: &str =
+    "google.golang.org/grpc/internal/credentials.(*syscallConn).Close";
 /// grpc-go's module path in the build info.
 const GRPC_MODULE: &str = "google.golang.org/grpc";
 
@@ -96,6 +99,8 @@ pub struct GoLinks {
     pub tlsconn_close: u64,
     pub response_header: u64,
     pub grpc_server_close: u64,
+    /// grpc-go's TLS wrapper's `(*syscallConn).Close` (0: absent).
+    pub grpc_syscallconn_close: u64,
     /// (program, file offset) of the link probes.
     pub points: Vec<(&'static str, u64)>,
     /// What is followed, for the log ("net/http serve, ...").
@@ -138,6 +143,7 @@ impl GoTlsFile {
             l.tlsconn_close = at(links.tlsconn_close);
             l.response_header = at(links.response_header);
             l.grpc_server_close = at(links.grpc_server_close);
+            l.grpc_syscallconn_close = at(links.grpc_syscallconn_close);
             if let Some(http) = links.http {
                 l.response_conn = http.response_conn;
                 l.conn_rwc = http.conn_rwc;
@@ -148,6 +154,7 @@ impl GoTlsFile {
                 l.grpc_stream_ct = grpc.stream_ct;
                 l.grpc_client_conn = grpc.client_conn;
                 l.grpc_server_conn = grpc.server_conn;
+                l.grpc_syscallconn_conn = grpc.syscallconn_conn;
             }
         }
         l
@@ -227,6 +234,7 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
         FN_GRPC_HANDLE_STREAM,
         FN_GRPC_NEW_STREAM,
         FN_GRPC_SERVER_CLOSE,
+        FN_GRPC_SYSCALLCONN_CLOSE,
     ]);
     let one = |name: &'static str| {
         let mut it = funcs.iter().filter(|f| f.name == name);
@@ -313,6 +321,7 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
             tlsconn_close: one(FN_TLSCONN_CLOSE).map_or(0, |f| f.entry),
             response_header: 0,
             grpc_server_close: 0,
+            grpc_syscallconn_close: 0,
             points,
             sites: Vec::new(),
         };
@@ -346,6 +355,7 @@ pub fn analyse(path: &Path) -> Result<GoTlsFile, GoTlsError> {
             }
             if l.sites.len() > before {
                 l.grpc = Some(grpc);
+                l.grpc_syscallconn_close = one(FN_GRPC_SYSCALLCONN_CLOSE).map_or(0, |f| f.entry);
             }
         }
         if l.sites.is_empty() {

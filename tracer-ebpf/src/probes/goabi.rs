@@ -76,7 +76,8 @@ pub fn tls_conn_fd(c: u64, l: &GoTlsLayout) -> Option<u32> {
 }
 
 /// The socket behind the `net.Conn` interface at `at`: a `*net.TCPConn`,
-/// or a `*tls.Conn` over one. Anything else is not followed.
+/// or a `*tls.Conn` over one, or grpc-go's TLS wrapper (`syscallConn`)
+/// around such a `*tls.Conn`. Anything else is not followed.
 #[inline(always)]
 pub fn net_conn_fd(at: u64, l: &GoTlsLayout) -> Option<u32> {
     let (fun0, data) = iface(at, l)?;
@@ -84,6 +85,13 @@ pub fn net_conn_fd(at: u64, l: &GoTlsLayout) -> Option<u32> {
         tcpconn_fd(data, l)
     } else if fun0 == l.tlsconn_close && l.tlsconn_close != 0 {
         tls_conn_fd(data, l)
+    } else if fun0 == l.grpc_syscallconn_close && l.grpc_syscallconn_close != 0 {
+        // One level only: the embedded conn must be the `*tls.Conn`.
+        let (inner, tls) = iface(data.checked_add(u64::from(l.grpc_syscallconn_conn))?, l)?;
+        if inner != l.tlsconn_close || l.tlsconn_close == 0 {
+            return None;
+        }
+        tls_conn_fd(tls, l)
     } else {
         None
     }
