@@ -112,6 +112,20 @@ pub fn bump_by(stat: u32, n: u64) {
     }
 }
 
+/// Whether this process is traced at all: never the agent itself, and only
+/// the `--pid` set when one is given.
+#[inline(always)]
+pub fn traced(tgid: u32, cfg: &Config) -> bool {
+    if tgid == cfg.self_tgid {
+        return false;
+    }
+    if cfg.filter_pids != 0 {
+        // SAFETY: plain lookup; the value is not dereferenced.
+        return unsafe { PID_FILTER.get(tgid) }.is_some();
+    }
+    true
+}
+
 /// The agent's configuration, or the defaults if it has not been written yet.
 #[inline(always)]
 pub fn config() -> Config {

@@ -21,7 +21,8 @@ use aya_ebpf::{
 };
 use tracer_common::{conn_key, ConnState, PROTO_HTTP1, PROTO_HTTP2};
 
-use super::{ctx_u64, syscalls::traced, OFF_ARG0, OFF_ARG1};
+use super::{ctx_u64, OFF_ARG0, OFF_ARG1};
+use crate::maps::traced;
 use crate::{
     emit::emit_open,
     maps::{config, ForkedFrom, CLOSED, CONNS, PARENTS},

@@ -61,15 +61,12 @@ use tracer_common::{
     STAT_GO_INJECT_ARMED, STAT_GO_SERVER_CTX_MISSING,
 };
 
-use super::{
-    goabi::{net_conn_fd, read_u32, read_u64, regs, Regs},
-    syscalls::traced,
-};
+use super::goabi::{net_conn_fd, read_u32, read_u64, regs, Regs};
 use crate::{
     emit::emit_go_task,
     maps::{
-        bump, config, thread_link_off, GoKey, GoServed, CONNS, GO_CTX, GO_NEWPROC, GO_PENDING,
-        GO_SERVED, GO_SERVER_CTX, GO_TLS, GO_TRACE, THREAD_CTX,
+        bump, config, thread_link_off, traced, GoKey, GoServed, CONNS, GO_CTX, GO_NEWPROC,
+        GO_PENDING, GO_SERVED, GO_SERVER_CTX, GO_TLS, GO_TRACE, THREAD_CTX,
     },
 };
 

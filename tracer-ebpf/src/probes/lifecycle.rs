@@ -12,7 +12,8 @@ use tracer_common::{
     PROTO_HTTP1, PROTO_HTTP2, PROTO_UNKNOWN, ROLE_SERVER, STAT_NO_LINK_FULL,
 };
 
-use super::{context::server_done, ctx_u64, syscalls::traced, OFF_ARG0};
+use super::{context::server_done, ctx_u64, OFF_ARG0};
+use crate::maps::traced;
 use crate::{
     emit::{emit_close, emit_proc},
     maps::{bump, config, take_inflight, ClosedConn, CLOSED, CONNS, NO_THREAD_LINK, THREAD_CTX},

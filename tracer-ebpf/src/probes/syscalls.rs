@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    Config, SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO,
+    SRC_READ, SRC_READV, SRC_RECVFROM, SRC_RECVMSG, SRC_SENDFILE, SRC_SENDMSG, SRC_SENDTO,
     SRC_WRITE, SRC_WRITEV, STAT_INFLIGHT_COLLISIONS,
 };
 
@@ -17,21 +17,7 @@ use super::{
     ctx_nr, ctx_u64, goroutines::arm_injection, CALL_ACCEPT, CALL_CONNECT, OFF_ARG0, OFF_ARG1,
     OFF_ARG2,
 };
-use crate::maps::{bump, config, inflight_slot, PID_FILTER};
-
-/// Whether this process is traced at all: never the agent itself, and only
-/// the `--pid` set when one is given.
-#[inline(always)]
-pub fn traced(tgid: u32, cfg: &Config) -> bool {
-    if tgid == cfg.self_tgid {
-        return false;
-    }
-    if cfg.filter_pids != 0 {
-        // SAFETY: plain lookup; the value is not dereferenced.
-        return unsafe { PID_FILTER.get(tgid) }.is_some();
-    }
-    true
-}
+use crate::maps::{bump, config, inflight_slot, traced};
 
 #[inline(always)]
 fn save(ctx: &TracePointContext, kind: u8, fd: u64, ptr: u64, len: u64) {

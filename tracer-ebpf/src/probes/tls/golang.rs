@@ -29,11 +29,8 @@ use tracer_common::{
 
 use super::emit_plaintext;
 use crate::{
-    maps::{bump, config, GoKey, GoRead, PendingCall, GO_TLS, GO_TLS_READS},
-    probes::{
-        goabi::{regs, tls_conn_fd},
-        syscalls::traced,
-    },
+    maps::{bump, config, traced, GoKey, GoRead, PendingCall, GO_TLS, GO_TLS_READS},
+    probes::goabi::{regs, tls_conn_fd},
 };
 
 /// `GoRead::fd` of a Read whose socket could not be followed.

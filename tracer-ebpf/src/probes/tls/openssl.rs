@@ -20,10 +20,7 @@ use aya_ebpf::{
 use tracer_common::{SRC_SSL_READ, SRC_SSL_WRITE, STAT_TLS_NO_FD};
 
 use super::{emit_plaintext, recent_read_fd, slot, NO_FD};
-use crate::{
-    maps::{bump, config, PendingCall, SslKey, SSL_FDS},
-    probes::syscalls::traced,
-};
+use crate::maps::{bump, config, traced, PendingCall, SslKey, SSL_FDS};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, kind: u8, ex: bool) {
