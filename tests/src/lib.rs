@@ -15,8 +15,10 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod cgroups;
 pub mod golang;
 pub mod h2;
+pub mod kubeapi;
 pub mod otlp;
 
 /// Integration tests need root to load BPF. Returns false (after saying

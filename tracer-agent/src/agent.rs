@@ -17,8 +17,8 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 use tracer_common::{
-    Config, ThreadCtx, MAP_CONNS, MAP_EVENTS, MAP_NO_THREAD_LINK, MAP_STATS, MAP_THREAD_CTX,
-    NO_LINK_RUNTIME, STAT_RINGBUF_DROPS,
+    Config, ThreadCtx, CGROUP_FILTER_OFF, MAP_CGROUP_FILTER, MAP_CONNS, MAP_EVENTS,
+    MAP_NO_THREAD_LINK, MAP_STATS, MAP_THREAD_CTX, NO_LINK_RUNTIME, STAT_RINGBUF_DROPS,
 };
 
 use crate::{
@@ -36,13 +36,19 @@ use crate::{
         stdout,
     },
     metadata::{
+        kubernetes::{
+            select::{FilterSync, Selection},
+            watch::{self as kube_watch, KubeError},
+            Pods,
+        },
         process::ServiceNames,
+        resource::host_name,
         runtime::{running_multiplexed, RuntimeCache},
         HostView,
     },
     pipeline::{filter::Filters, Pipeline, PipelineConfig},
     propagation::kernel_order,
-    telemetry::{report, Gauges, Registry},
+    telemetry::{health, report, Gauges, Registry},
     uprobes::TlsProbes,
 };
 
@@ -56,6 +62,10 @@ pub enum AgentError {
     Flags(String),
     #[error("starting the kernel side")]
     Kernel(#[source] BpfError),
+    #[error("Kubernetes (--kubernetes on)")]
+    Kube(#[source] KubeError),
+    #[error("the Kubernetes selection (--namespace, --exclude-namespace, --container-name)")]
+    Selection(#[source] BpfError),
     #[error("context injection (--inject-context on)")]
     Injection(#[source] BpfError),
     #[error("{what}")]
@@ -181,6 +191,39 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// `--namespace`, `--exclude-namespace` and `--container-name`, checked
+/// against whether the Kubernetes API is in use: without it a pod
+/// selection cannot be honoured, which is an error rather than a silent
+/// trace-everything.
+fn selection(args: &Args, on_kubernetes: bool) -> Result<Selection, AgentError> {
+    let clean = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let sel = Selection {
+        namespaces: clean(&args.namespaces),
+        exclude_namespaces: match &args.exclude_namespaces {
+            Some(given) => clean(given),
+            None if on_kubernetes => kube_watch::own_namespace()
+                .into_iter()
+                .chain(["kube-system".to_owned()])
+                .collect(),
+            None => Vec::new(),
+        },
+        containers: clean(&args.container_names),
+    };
+    if !on_kubernetes && sel != Selection::default() {
+        return Err(AgentError::Flags(
+            "--namespace, --exclude-namespace and --container-name need the Kubernetes API \
+             (a service account or KUBECONFIG; see --kubernetes)"
+                .into(),
+        ));
+    }
+    Ok(sel)
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), AgentError> {
     // Configuration errors are reported before anything is loaded.
@@ -193,6 +236,26 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         tracing::warn!("not running as root: loading BPF programs will likely fail");
     }
     loader::ensure_tracefs();
+    // The API is found before anything is loaded: the kernel's cgroup
+    // filter mode depends on it. Finding it reads files only.
+    let kube = kube_watch::client(args.kubernetes)
+        .await
+        .map_err(AgentError::Kube)?;
+    let sel = selection(&args, kube.is_some())?;
+    let filter_cgroups = if kube.is_some() {
+        sel.kernel_mode()
+    } else {
+        CGROUP_FILTER_OFF
+    };
+    // A port that cannot be bound is a configuration error, reported now.
+    let health_listener = match args.health_listen {
+        Some(addr) => Some(
+            health::bind(addr)
+                .await
+                .map_err(io("binding --health-listen"))?,
+        ),
+        None => None,
+    };
 
     let opts = loader::LoadOptions {
         ring_bytes: args.ring_buffer_bytes,
@@ -206,6 +269,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             propagators: kernel_order(&propagators),
             tls: u32::from(args.tls == Switch::On),
             fork_child_pid_offset: loader::fork_child_pid_offset(),
+            filter_cgroups,
         },
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),
@@ -281,6 +345,47 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let registry = Registry::new().with_kernel(Arc::new(StatsMap(Mutex::new(kstats))));
     let (counters, gauges) = (registry.counters.clone(), registry.gauges.clone());
 
+    let health = health::Health::new();
+    let health_server = health_listener.map(|l| tokio::spawn(health::serve(l, health.clone())));
+    let pods = kube.as_ref().map(|_| Pods::new());
+    let filter_sync = if filter_cgroups == CGROUP_FILTER_OFF {
+        None
+    } else {
+        let map = BpfHashMap::try_from(take_map(&mut ebpf, MAP_CGROUP_FILTER)?)
+            .map_err(|e| AgentError::Kernel(BpfError::map(MAP_CGROUP_FILTER)(e)))?;
+        let root = injection::cgroup_dir(None).map_err(AgentError::Selection)?;
+        tracing::info!(
+            namespaces = ?sel.namespaces,
+            exclude_namespaces = ?sel.exclude_namespaces,
+            containers = ?sel.containers,
+            cgroups = %root.display(),
+            "Kubernetes selection filtered in the kernel"
+        );
+        let sync = FilterSync::start(
+            map,
+            root,
+            sel,
+            pods.clone().unwrap_or_default(),
+            counters.clone(),
+            gauges.clone(),
+        )
+        .map_err(io("starting the cgroup filter thread"))?;
+        Some(sync)
+    };
+    let watch = match (kube, &pods) {
+        (Some(client), Some(pods)) => {
+            let node = kube_watch::node_name(args.node_name.as_deref(), &host_name());
+            Some(tokio::spawn(kube_watch::run(
+                client,
+                node,
+                pods.clone(),
+                counters.clone(),
+                gauges.clone(),
+            )))
+        }
+        _ => None,
+    };
+
     let mut tls = if args.tls == Switch::On {
         match TlsProbes::load(&mut ebpf, counters.clone(), gauges.clone()) {
             Ok(mut t) => {
@@ -342,6 +447,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             propagators,
             host: HostView::Live,
             inject_context: inject,
+            pods,
         },
         Box::new(KernelMaps {
             conns,
@@ -376,6 +482,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     };
     let mut drops = report::DropWatch::default();
     tracing::info!(pid = std::process::id(), "tracer ready");
+    health.set_ready(true);
 
     loop {
         tokio::select! {
@@ -389,6 +496,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             _ = tokio::time::sleep(drain_delay) => {
                 let read = ring::drain(&mut ring, &mut pipeline, recorder.as_mut());
                 drain_delay = ring::next_delay(drain_delay, read);
+                health.beat();
                 pipeline.take_notices(&mut notices);
                 if let Some(t) = tls.as_mut() {
                     let now = Instant::now();
@@ -429,6 +537,11 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     }
 
     tracing::info!("shutting down: detaching probes");
+    health.set_ready(false);
+    for task in [watch, health_server].into_iter().flatten() {
+        task.abort();
+    }
+    drop(filter_sync);
     // Read what is already queued, then detach before the final flush.
     let _ = ring::drain(&mut ring, &mut pipeline, recorder.as_mut());
     pipeline.drain();

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 
+pub use crate::metadata::kubernetes::watch::Mode as KubeMode;
 use crate::propagation::Propagator;
 
 /// Largest `--record` file by default.
@@ -206,6 +207,54 @@ pub struct Args {
     /// record_dropped). Example: --record-max-bytes 104857600
     #[arg(long, default_value_t = DEFAULT_RECORD_MAX_BYTES, env = "TRACER_RECORD_MAX_BYTES")]
     pub record_max_bytes: u64,
+
+    /// Kubernetes metadata and selection: auto (on when a service account
+    /// or KUBECONFIG is found), on (an error without one), off.
+    /// Example: --kubernetes off
+    #[arg(long, value_enum, default_value_t = KubeMode::Auto, env = "TRACER_KUBERNETES")]
+    pub kubernetes: KubeMode,
+
+    /// This node's name, whose pods are watched; the hostname by default.
+    /// The DaemonSet sets NODE_NAME from spec.nodeName. Example: --node-name worker-3
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Trace only pods in these namespaces (repeatable). Filtered in the
+    /// kernel: other processes, host ones included, are not traced.
+    /// Example: --namespace shop --namespace payments
+    #[arg(
+        long = "namespace",
+        value_name = "NS",
+        env = "TRACER_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Do not trace pods in these namespaces (repeatable; filtered in the
+    /// kernel). Default: the agent's own namespace and kube-system; an
+    /// empty value excludes none. Example: --exclude-namespace monitoring
+    #[arg(
+        long = "exclude-namespace",
+        value_name = "NS",
+        env = "TRACER_EXCLUDE_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Option<Vec<String>>,
+
+    /// Trace only containers with these names (repeatable; filtered in the
+    /// kernel). Example: --container-name web
+    #[arg(
+        long = "container-name",
+        value_name = "NAME",
+        env = "TRACER_CONTAINER_NAME",
+        value_delimiter = ','
+    )]
+    pub container_names: Vec<String>,
+
+    /// Serve /healthz (liveness) and /readyz (readiness) over HTTP on this
+    /// address; off by default. Example: --health-listen 0.0.0.0:9464
+    #[arg(long, value_name = "ADDR", env = "TRACER_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
 
     /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
     #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]

@@ -51,9 +51,20 @@ pub struct Config {
     /// its tracefs `format` gives it (it moved between kernel versions);
     /// 0: unknown, forks are not followed.
     pub fork_child_pid_offset: u32,
+    /// How [`crate::MAP_CGROUP_FILTER`] is read: [`CGROUP_FILTER_OFF`],
+    /// [`CGROUP_FILTER_ALLOW`] (only listed cgroups are traced) or
+    /// [`CGROUP_FILTER_DENY`] (listed cgroups are not traced).
+    pub filter_cgroups: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+/// No cgroup selection.
+pub const CGROUP_FILTER_OFF: u32 = 0;
+/// Only the cgroups listed are traced (`--namespace`, `--container-name`).
+pub const CGROUP_FILTER_ALLOW: u32 = 1;
+/// The cgroups listed are not traced (`--exclude-namespace` alone).
+pub const CGROUP_FILTER_DENY: u32 = 2;
+
+const _: () = assert!(core::mem::size_of::<Config>() == 36);
 
 #[cfg(feature = "user")]
 mod user {

@@ -20,6 +20,13 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_STATS: &str = "STATS";
 /// Set of tgids to trace when `--pid` is given.
 pub const MAP_PID_FILTER: &str = "PID_FILTER";
+/// cgroup v2 ids (`bpf_get_current_cgroup_id`) listed by the agent's
+/// Kubernetes selection: the only ones traced, or the ones not traced,
+/// as [`crate::Config::filter_cgroups`] says.
+pub const MAP_CGROUP_FILTER: &str = "CGROUP_FILTER";
+/// Size of [`MAP_CGROUP_FILTER`]: a node's container cgroups (250 pods of
+/// a few containers each, with room to spare).
+pub const MAX_CGROUP_FILTER: u32 = 8192;
 /// TLS library calls in progress, indexed like [`MAP_INFLIGHT`].
 pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
 /// Each thread's last read outside TLS calls, indexed like [`MAP_INFLIGHT`].

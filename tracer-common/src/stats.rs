@@ -77,9 +77,12 @@ pub const STAT_GO_INJECT_ARMED: u32 = 26;
 /// not seen, or the context was evicted): their calls are injected as
 /// roots.
 pub const STAT_GO_SERVER_CTX_MISSING: u32 = 27;
+/// Events of processes not traced because their cgroup is filtered out
+/// (`--namespace`, `--exclude-namespace`, `--container-name`).
+pub const STAT_CGROUP_FILTERED: u32 = 28;
 
 /// Number of counters (size of the map).
-pub const STAT_COUNT: u32 = 28;
+pub const STAT_COUNT: u32 = 29;
 
 /// Human names, indexed like the counters (reported with a `kernel_`
 /// prefix by the agent's counter registry).
@@ -112,6 +115,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "go_tls_read_lost",
     "go_inject_armed",
     "go_server_ctx_missing",
+    "cgroup_filtered",
 ];
 
 /// Help text of each counter, indexed like [`STAT_NAMES`].
@@ -144,4 +148,5 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "Go crypto/tls Read returns with no saved entry (evicted, or probed mid-call) or a count beyond the buffer",
     "Go CLIENT requests whose write was armed with the SERVER context of the goroutine that made them",
     "Go requests served with no kernel SERVER context for their connection (their calls are injected as roots)",
+    "Probe hits skipped because the process's cgroup is filtered out (Kubernetes namespace or container selection)",
 ];

@@ -8,11 +8,12 @@ use aya_ebpf::{
 pub use tracer_common::ThreadCtx;
 use tracer_common::{
     Config, ConnState, DataScratch, SockKey, DEFAULT_MAX_CONNS, DEFAULT_MAX_INFLIGHT,
-    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CLOSED, MAX_H2_STATE, MAX_NO_THREAD_LINK,
-    MAX_PARENTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX, SCAN_MAX, STAT_COUNT,
-    TRACESTATE_MAX,
+    DEFAULT_RING_BYTES, DEFAULT_SCRATCH_SLOTS, MAX_CGROUP_FILTER, MAX_CLOSED, MAX_H2_STATE,
+    MAX_NO_THREAD_LINK, MAX_PARENTS, MAX_PID_FILTER, MAX_SOCK_STATE, MAX_SSL_FDS, MAX_THREAD_CTX,
+    SCAN_MAX, STAT_COUNT, TRACESTATE_MAX,
 };
 use tracer_common::{GoTlsLayout, MAX_GO_CTX, MAX_GO_INJECT, MAX_GO_TLS, MAX_GO_TLS_READS};
+use tracer_common::{CGROUP_FILTER_ALLOW, CGROUP_FILTER_OFF, STAT_CGROUP_FILTERED};
 
 use crate::scan::head::{HeadScan, SCAN_BUF};
 
@@ -94,6 +95,11 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 #[map]
 pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PID_FILTER, 0);
 
+/// See `tracer_common::MAP_CGROUP_FILTER`. Written by the agent from its
+/// pod view; a plain hash, since an evicted entry would flip a decision.
+#[map]
+pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUP_FILTER, 0);
+
 /// Adds one to a per-CPU counter.
 #[inline(always)]
 pub fn bump(stat: u32) {
@@ -112,11 +118,16 @@ pub fn bump_by(stat: u32, n: u64) {
     }
 }
 
-/// Whether this process is traced at all: never the agent itself, and only
-/// the `--pid` set when one is given.
+/// Whether this process is traced at all: never the agent itself, only
+/// the `--pid` set when one is given, and only the cgroups the Kubernetes
+/// selection lets through.
 #[inline(always)]
 pub fn traced(tgid: u32, cfg: &Config) -> bool {
     if tgid == cfg.self_tgid {
+        return false;
+    }
+    if cfg.filter_cgroups != CGROUP_FILTER_OFF && !cgroup_traced(cfg.filter_cgroups) {
+        bump(STAT_CGROUP_FILTERED);
         return false;
     }
     if cfg.filter_pids != 0 {
@@ -124,6 +135,18 @@ pub fn traced(tgid: u32, cfg: &Config) -> bool {
         return unsafe { PID_FILTER.get(tgid) }.is_some();
     }
     true
+}
+
+/// The current task's cgroup v2 id against the agent's list
+/// (`bpf_get_current_cgroup_id`: the id of the task's cgroup in the
+/// unified hierarchy, i.e. the inode number of its cgroupfs directory).
+#[inline(always)]
+fn cgroup_traced(mode: u32) -> bool {
+    // SAFETY: no arguments; valid in every tracing program type.
+    let id = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    // SAFETY: plain lookup; the value is not dereferenced.
+    let listed = unsafe { CGROUP_FILTER.get(id) }.is_some();
+    listed == (mode == CGROUP_FILTER_ALLOW)
 }
 
 /// The agent's configuration, or the defaults if it has not been written yet.

@@ -13,7 +13,10 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 pub use crate::cli::Format;
-use crate::spans::{hex, AttrValue, Span, StatusCode};
+use crate::{
+    metadata::resource::{ResValue, Resource},
+    spans::{hex, AttrValue, Span, StatusCode},
+};
 
 fn attr_json(v: &AttrValue) -> Value {
     match v {
@@ -22,12 +25,25 @@ fn attr_json(v: &AttrValue) -> Value {
     }
 }
 
+/// The resource as one JSON object: the same keys and values as the OTLP
+/// Resource.
+fn resource_json(r: &Resource) -> Value {
+    let mut m = Map::new();
+    for (k, v) in &r.attrs {
+        let v = match v {
+            ResValue::Str(s) => Value::String(s.clone()),
+            ResValue::Int(i) => Value::from(*i),
+        };
+        m.insert((*k).to_owned(), v);
+    }
+    Value::Object(m)
+}
+
 pub fn to_json(s: &Span) -> Value {
     let mut attrs = Map::new();
     for (k, v) in &s.attributes {
         attrs.insert((*k).to_owned(), attr_json(v));
     }
-    let p = &s.process;
     json!({
         "trace_id": hex(&s.ids.trace_id),
         "span_id": hex(&s.ids.span_id),
@@ -41,12 +57,7 @@ pub fn to_json(s: &Span) -> Value {
         "duration_ns": s.duration_ns(),
         "status": match s.status { StatusCode::Unset => "UNSET", StatusCode::Error => "ERROR" },
         "attributes": attrs,
-        "resource": {
-            "service.name": p.service_name,
-            "process.pid": p.pid,
-            "process.executable.name": p.exe_name,
-            "process.executable.path": p.exe_path.as_ref().map(|x| x.display().to_string()),
-        },
+        "resource": resource_json(&s.resource),
         "thread.id": s.tid,
     })
 }
@@ -90,7 +101,7 @@ pub fn write_text(out: &mut impl Write, s: &Span) -> std::io::Result<()> {
         out,
         "{} {}[{}] {:<6} {} {} {}{} trace={} span={} parent={}",
         format_time(s.start_unix_ns),
-        s.process.service_name,
+        s.resource.service_name,
         s.process.pid,
         s.kind.as_str(),
         s.name,

@@ -2,7 +2,9 @@
 //! (`/proc`, borrowed fds), as opposed to what the kernel programs report.
 pub mod conn;
 pub mod container;
+pub mod kubernetes;
 pub mod process;
+pub mod resource;
 pub mod runtime;
 pub mod sockets;
 

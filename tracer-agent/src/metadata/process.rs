@@ -26,11 +26,16 @@ pub struct Process {
     /// `--service-name` override, else `OTEL_SERVICE_NAME` of the process,
     /// else the executable name.
     pub service_name: String,
+    /// Whether `service_name` was named for this process (the flag or its
+    /// environment), so that it wins over what its pod says.
+    pub service_name_explicit: bool,
     /// Start time in clock ticks since boot (/proc/PID/stat field 22), so a
     /// reused pid is told apart.
     pub start_ticks: u64,
     /// Container id from /proc/PID/cgroup, when in a container.
     pub container_id: Option<String>,
+    /// Kubernetes pod UID from the kubelet's cgroup path, when in a pod.
+    pub pod_uid: Option<String>,
     /// What runs it (Go or native), from the executable.
     pub runtime: Runtime,
 }
@@ -94,16 +99,17 @@ impl Process {
 
     /// A process known only by what the kernel reported (replay).
     pub fn from_comm(pid: u32, comm: &str, names: &ServiceNames) -> Self {
+        let named = names.lookup(pid, comm, comm);
         Self {
             pid,
             comm: comm.to_owned(),
             exe_name: comm.to_owned(),
             exe_path: None,
-            service_name: names
-                .lookup(pid, comm, comm)
-                .unwrap_or_else(|| comm.to_owned()),
+            service_name_explicit: named.is_some(),
+            service_name: named.unwrap_or_else(|| comm.to_owned()),
             start_ticks: 0,
             container_id: None,
+            pod_uid: None,
             runtime: Runtime::Native,
         }
     }
@@ -126,10 +132,11 @@ impl Process {
             })
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| comm.to_owned());
-        let service_name = names
+        let named = names
             .lookup(pid, &exe_name, comm)
-            .or_else(|| env_var(pid, "OTEL_SERVICE_NAME").filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| exe_name.clone());
+            .or_else(|| env_var(pid, "OTEL_SERVICE_NAME").filter(|s| !s.is_empty()));
+        let service_name_explicit = named.is_some();
+        let service_name = named.unwrap_or_else(|| exe_name.clone());
         let start_ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
@@ -138,17 +145,19 @@ impl Process {
                 after.split_whitespace().nth(19)?.parse().ok()
             })
             .unwrap_or(0);
-        let container_id = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| super::container::container_id_from_cgroup(&t));
+        let ids = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|t| super::container::ids_from_cgroup(&t))
+            .unwrap_or_default();
         Self {
             pid,
             comm: comm.to_owned(),
             exe_name,
             exe_path,
             service_name,
+            service_name_explicit,
             start_ticks,
-            container_id,
+            container_id: ids.container_id,
+            pod_uid: ids.pod_uid,
             runtime: runtimes.of_pid(pid, counters),
         }
     }

@@ -78,6 +78,7 @@ impl Pipeline {
                     self.kernel.forget_conn(ev.tgid, fd);
                 }
                 self.procs.remove(ev.tgid);
+                self.resources.remove(ev.tgid);
                 self.notices.push(Notice::Exit(ev.tgid), &self.counters);
             }
             Err(e) => {
@@ -180,6 +181,7 @@ impl Pipeline {
     /// runtime before linking by thread.
     fn on_exec(&mut self, tgid: u32) {
         self.procs.remove(tgid);
+        self.resources.remove(tgid);
         if self.inject_context && self.host == HostView::Live {
             let runtime = self.procs.runtimes().of_pid(tgid, &self.counters);
             self.kernel

@@ -20,7 +20,9 @@ use crate::{
     conn::table::ConnTable,
     export::sink::Sink,
     metadata::{
+        kubernetes::Pods,
         process::{ProcessCache, ServiceNames},
+        resource::{host_name, Resources},
         HostView,
     },
     propagation::{header_names, Propagator},
@@ -41,6 +43,8 @@ pub struct PipelineConfig {
     /// Context injection is on: each exec'd program is classified for the
     /// kernel's thread-keyed links.
     pub inject_context: bool,
+    /// This node's pods, when the agent runs on Kubernetes.
+    pub pods: Option<Arc<Pods>>,
 }
 
 pub struct Pipeline {
@@ -48,6 +52,7 @@ pub struct Pipeline {
     trace: TraceIds,
     notices: Notices,
     procs: ProcessCache,
+    resources: Resources,
     filters: Filters,
     host: HostView,
     inject_context: bool,
@@ -79,6 +84,14 @@ impl Pipeline {
             trace: TraceIds::new(cfg.propagators, counters.clone()),
             notices: Notices::default(),
             procs: ProcessCache::new(cfg.service_names, cfg.host),
+            // Offline (replay) spans name no host: the recording's is unknown.
+            resources: Resources::new(
+                match cfg.host {
+                    HostView::Live => host_name(),
+                    HostView::Offline => String::new(),
+                },
+                cfg.pods,
+            ),
             filters: cfg.filters,
             host: cfg.host,
             inject_context: cfg.inject_context,
@@ -119,7 +132,10 @@ impl Pipeline {
                 }
                 continue;
             }
-            let span = self.builder.build(r, process, &self.clock, &self.counters);
+            let resource = self.resources.get(&process);
+            let span = self
+                .builder
+                .build(r, (process, resource), &self.clock, &self.counters);
             self.batch.push(span);
         }
     }

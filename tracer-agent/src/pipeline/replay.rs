@@ -42,6 +42,7 @@ pub fn replay<'a>(
             propagators,
             host: HostView::Offline,
             inject_context: false,
+            pods: None,
         },
         Box::new(NoKernel::default()),
         counters.clone(),

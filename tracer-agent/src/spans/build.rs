@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{clock::Clock, http, rpc, AttrValue, Span, SpanKind, StatusCode};
 use crate::{
     metadata::conn::Role,
-    metadata::process::Process,
+    metadata::{process::Process, resource::Resource},
     protocols::{Message, Record},
     telemetry::Counters,
 };
@@ -17,7 +17,13 @@ use crate::{
 pub struct SpanBuilder;
 
 impl SpanBuilder {
-    pub fn build(&self, r: Record, process: Arc<Process>, clock: &Clock, c: &Counters) -> Span {
+    pub fn build(
+        &self,
+        r: Record,
+        (process, resource): (Arc<Process>, Arc<Resource>),
+        clock: &Clock,
+        c: &Counters,
+    ) -> Span {
         let kind = match r.conn.role {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
@@ -49,6 +55,7 @@ impl SpanBuilder {
             },
             attributes,
             process,
+            resource,
             tid: r.task.tid(),
         }
     }
@@ -100,8 +107,10 @@ mod tests {
         }
     }
 
-    fn process() -> Arc<Process> {
-        Arc::new(Process::read(u32::MAX - 1, "svc"))
+    fn process() -> (Arc<Process>, Arc<Resource>) {
+        let p = Process::read(u32::MAX - 1, "svc");
+        let r = Resource::of(&p, "h", None);
+        (Arc::new(p), Arc::new(r))
     }
 
     #[test]

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 pub use build::SpanBuilder;
 
-use crate::{metadata::process::Process, trace::ids::SpanIds};
+use crate::{
+    metadata::{process::Process, resource::Resource},
+    trace::ids::SpanIds,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
@@ -68,6 +71,8 @@ pub struct Span {
     pub status: StatusCode,
     pub attributes: Vec<(&'static str, AttrValue)>,
     pub process: Arc<Process>,
+    /// Where the span comes from: service, process, host, pod.
+    pub resource: Arc<Resource>,
     pub tid: u32,
 }
 

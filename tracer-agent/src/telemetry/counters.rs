@@ -179,6 +179,17 @@ registry! {
         otlp_failed,
         /// Spans dropped because the OTLP queue was full.
         otlp_dropped,
+        /// Full lists of this node's pods from the Kubernetes API (the
+        /// first, then one after each expired watch, 410 Gone).
+        k8s_lists,
+        /// Pod watch failures (connection, decode, 410): each is retried
+        /// with backoff.
+        k8s_watch_errors,
+        /// Pods not kept because the node's pod table was full.
+        k8s_pods_dropped,
+        /// Cgroups the Kubernetes selection could not list in the kernel's
+        /// filter (map full, or a write failed).
+        k8s_cgroup_filter_failed,
     }
 }
 
@@ -196,6 +207,10 @@ registry! {
         /// Kernel program attachments: tracepoints, uprobe links (one per
         /// probed function and file), cgroup and sk_msg programs.
         bpf_programs_attached,
+        /// This node's pods known from the Kubernetes API.
+        k8s_pods,
+        /// Cgroups listed in the kernel's Kubernetes selection filter.
+        k8s_cgroups_filtered,
     }
 }
 

@@ -2,6 +2,7 @@
 //! (agent and kernel), read by the periodic log line, the exit summary and,
 //! later, a metrics endpoint.
 pub mod counters;
+pub mod health;
 pub mod report;
 
 use std::sync::Arc;

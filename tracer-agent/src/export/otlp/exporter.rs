@@ -32,9 +32,10 @@ use tokio::sync::mpsc;
 
 use super::{
     config::{OtlpConfig, Protocol},
-    resource::{host_name, resource_for},
+    resource::resource_for,
 };
 use crate::{
+    metadata::resource::Resource as SpanResource,
     spans::{AttrValue, Span, SpanKind as OurKind, StatusCode},
     telemetry::Counters,
 };
@@ -228,9 +229,10 @@ pub struct Exporter {
     cfg: OtlpConfig,
     queued: Arc<AtomicUsize>,
     counters: Arc<Counters>,
-    host: String,
     scope: InstrumentationScope,
-    resources: HashMap<u32, Resource>,
+    /// Each process's converted Resource, with the composed one it was
+    /// made from (rebuilt when the pod view gives the process a new one).
+    resources: HashMap<u32, (Arc<SpanResource>, Resource)>,
     errors: ErrorLog,
 }
 
@@ -245,7 +247,6 @@ impl Exporter {
             cfg,
             queued,
             counters,
-            host: host_name(),
             scope: InstrumentationScope::builder("tracer")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -254,22 +255,29 @@ impl Exporter {
         })
     }
 
-    /// Exports `spans`, one request per process.
+    /// Exports `spans`, one request per process and resource.
     async fn export(&mut self, spans: Vec<Span>) {
         let n = spans.len();
-        let mut by_process: BTreeMap<u32, Vec<Span>> = BTreeMap::new();
+        // Keyed by the composed resource too: a pod update in the middle of
+        // a batch gives the same process a new one.
+        let mut by_process: BTreeMap<(u32, usize), Vec<Span>> = BTreeMap::new();
         for s in spans {
-            by_process.entry(s.process.pid).or_default().push(s);
+            let key = (s.process.pid, Arc::as_ptr(&s.resource) as usize);
+            by_process.entry(key).or_default().push(s);
         }
-        for (pid, group) in by_process {
+        for ((pid, _), group) in by_process {
             if self.resources.len() >= MAX_RESOURCES && !self.resources.contains_key(&pid) {
                 self.resources.clear();
             }
-            let resource = self
+            let composed = &group[0].resource;
+            let entry = self
                 .resources
                 .entry(pid)
-                .or_insert_with(|| resource_for(&group[0].process, &self.host));
-            self.exporter.set_resource(resource);
+                .or_insert_with(|| (composed.clone(), resource_for(composed)));
+            if !Arc::ptr_eq(&entry.0, composed) {
+                *entry = (composed.clone(), resource_for(composed));
+            }
+            self.exporter.set_resource(&entry.1);
             let count = group.len() as u64;
             let data: Vec<SpanData> = group.iter().map(|s| to_span_data(s, &self.scope)).collect();
             match self.exporter.export(data).await {
@@ -355,7 +363,10 @@ pub fn queue_depth(queued: &AtomicUsize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{metadata::process::Process, trace::ids::SpanIds};
+    use crate::{
+        metadata::{process::Process, resource::Resource as SpanResource},
+        trace::ids::SpanIds,
+    };
 
     #[test]
     fn span_data_keeps_ids_times_and_parent() {
@@ -374,6 +385,11 @@ mod tests {
             status: StatusCode::Error,
             attributes: vec![("http.response.status_code", AttrValue::Int(500))],
             process: Arc::new(Process::read(u32::MAX - 1, "svc")),
+            resource: Arc::new(SpanResource::of(
+                &Process::read(u32::MAX - 1, "svc"),
+                "h",
+                None,
+            )),
             tid: 1,
         };
         let scope = InstrumentationScope::builder("tracer").build();
