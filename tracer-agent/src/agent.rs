@@ -372,17 +372,18 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         .map_err(io("starting the cgroup filter thread"))?;
         Some(sync)
     };
-    let watch = match (kube, &pods) {
-        (Some(client), Some(pods)) => {
-            let node = kube_watch::node_name(args.node_name.as_deref(), &host_name());
-            Some(tokio::spawn(kube_watch::run(
-                client,
-                node,
-                pods.clone(),
-                counters.clone(),
-                gauges.clone(),
-            )))
-        }
+    // The node's name is the spans' host.name on Kubernetes (a pod's own
+    // host name is the pod's) and whenever --node-name is given.
+    let node = (kube.is_some() || args.node_name.is_some())
+        .then(|| kube_watch::node_name(args.node_name.as_deref(), &host_name()));
+    let watch = match (kube, &pods, &node) {
+        (Some(client), Some(pods), Some(node)) => Some(tokio::spawn(kube_watch::run(
+            client,
+            node.clone(),
+            pods.clone(),
+            counters.clone(),
+            gauges.clone(),
+        ))),
         _ => None,
     };
 
@@ -393,7 +394,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
                 Some(t)
             }
             Err(e) => {
-                tracing::warn!("TLS capture unavailable: {e}");
+                tracing::warn!("TLS capture unavailable: {:#}", anyhow::Error::new(e));
                 None
             }
         }
@@ -448,6 +449,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             host: HostView::Live,
             inject_context: inject,
             pods,
+            host_name: node,
         },
         Box::new(KernelMaps {
             conns,

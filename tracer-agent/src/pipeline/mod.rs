@@ -45,6 +45,9 @@ pub struct PipelineConfig {
     pub inject_context: bool,
     /// This node's pods, when the agent runs on Kubernetes.
     pub pods: Option<Arc<Pods>>,
+    /// `host.name` of every span; the host's name when `None`. In a pod
+    /// the UTS name is the pod's, so the agent passes the node's.
+    pub host_name: Option<String>,
 }
 
 pub struct Pipeline {
@@ -87,7 +90,7 @@ impl Pipeline {
             // Offline (replay) spans name no host: the recording's is unknown.
             resources: Resources::new(
                 match cfg.host {
-                    HostView::Live => host_name(),
+                    HostView::Live => cfg.host_name.unwrap_or_else(host_name),
                     HostView::Offline => String::new(),
                 },
                 cfg.pods,

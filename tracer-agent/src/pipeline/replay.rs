@@ -43,6 +43,7 @@ pub fn replay<'a>(
             host: HostView::Offline,
             inject_context: false,
             pods: None,
+            host_name: None,
         },
         Box::new(NoKernel::default()),
         counters.clone(),

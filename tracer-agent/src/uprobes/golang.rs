@@ -421,6 +421,8 @@ pub struct GoTls {
     /// Processes with a layout in the kernel.
     described: HashSet<u32>,
     counters: Arc<Counters>,
+    /// Why the Go programs could not be loaded, if they could not.
+    disabled: Option<String>,
 }
 
 impl GoTls {
@@ -430,7 +432,14 @@ impl GoTls {
             not_visible: HashMap::new(),
             described: HashSet::new(),
             counters,
+            disabled: None,
         }
+    }
+
+    /// The kernel refused the Go programs: Go executables then take the
+    /// OpenSSL path, which finds no TLS symbols in them.
+    pub fn disable(&mut self, why: String) {
+        self.disabled = Some(why);
     }
 
     /// Why the Go executable `key`'s TLS is not visible, if it is one.
@@ -450,6 +459,9 @@ impl GoTls {
         key: FileKey,
         exe: &Path,
     ) -> bool {
+        if self.disabled.is_some() {
+            return false;
+        }
         if !self.files.contains_key(&key) {
             let Some(a) = self.analyse(registry, key, exe) else {
                 // The process went away while its file was read: nothing

@@ -112,16 +112,18 @@ impl TlsProbes {
         counters: Arc<Counters>,
         gauges: Arc<Gauges>,
     ) -> Result<Self, BpfError> {
-        load_programs(
-            ebpf,
-            OPENSSL
-                .programs()
-                .chain([DLOPEN_PROGRAM])
-                .chain(golang::PROGRAMS),
-        )?;
+        load_programs(ebpf, OPENSSL.programs().chain([DLOPEN_PROGRAM]))?;
+        // Go's programs are larger: a kernel whose verifier rejects them
+        // still gets OpenSSL capture, and says why Go TLS is missing.
+        let mut go = GoTls::new(counters.clone());
+        if let Err(e) = load_programs(ebpf, golang::PROGRAMS) {
+            let why = format!("{:#}", anyhow::Error::new(e));
+            tracing::warn!("Go TLS and goroutine capture unavailable: {why}");
+            go.disable(why);
+        }
         Ok(Self {
             files: Registry::default(),
-            go: GoTls::new(counters.clone()),
+            go,
             libc_hooked: HashSet::new(),
             warned_exes: HashSet::new(),
             visible: HashSet::new(),

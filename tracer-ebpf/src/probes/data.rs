@@ -112,7 +112,18 @@ fn peek(call: &PendingCall, ret: u64) -> ([u8; PEEK], u64) {
         return (b, 0);
     }
     let n = if n > PEEK as u64 { PEEK as u64 } else { n };
-    // SAFETY: `n` is 8..=PEEK, the size of `b`; the helper checks `ptr`.
+    // The clamp again, on a value the compiler must reload: LLVM may
+    // spill `n` before the clamp above (around the zeroing of `b`) and
+    // pass the spilled copy, and verifiers before 6.7 (no scalar ids on
+    // spill) do not carry the clamp's bounds to that copy: "R2 unbounded
+    // memory access" at bpf_probe_read_user on 6.1. A volatile read cannot
+    // be known bounded, so the check below stays, next to the call.
+    // SAFETY: a read of a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if n > PEEK as u64 {
+        return (b, 0);
+    }
+    // SAFETY: `n` is at most PEEK, the size of `b`; the helper checks `ptr`.
     let rc = unsafe {
         probe_read_user_raw(
             b.as_mut_ptr().cast(),
