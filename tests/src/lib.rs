@@ -32,7 +32,7 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-fn tracer_bin() -> PathBuf {
+pub fn tracer_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TRACER_BIN") {
         return PathBuf::from(p);
     }
@@ -116,9 +116,17 @@ impl Agent {
         let mut cmd = Command::new(tracer_bin());
         cmd.args(["--output", "json", "--log-level", "info"])
             .args(args)
-            .envs(env.iter().copied())
+            // The caller's RUST_LOG is not the test's; the test's own is.
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+            .envs(env.iter().copied());
+        Self::start_command(cmd)
+    }
+
+    /// Starts an agent command line of the caller's (one that runs the
+    /// agent inside a container, say) whose stdout is JSON spans and whose
+    /// stderr is the agent's log, and waits as [`Agent::start`] does.
+    pub fn start_command(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut proc = Proc::spawn("tracer", &mut cmd);

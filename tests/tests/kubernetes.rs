@@ -493,3 +493,123 @@ fn selection_without_kubernetes_is_refused() {
         "--kubernetes on with no API: {err}"
     );
 }
+
+/// A pod as a busy node has it: a dozen labels, kubectl's
+/// last-applied-configuration (kilobytes), three containers.
+fn bulky_pod(i: usize, node: &str, generation: usize, app: &str) -> Value {
+    let name = format!("svc{i:03}-6d5f7b9c8-{i:05}");
+    let uid = format!("00000000-0000-4000-8000-{i:012}");
+    let ids: Vec<String> = (0..3).map(|c| format!("{i:060}{c:04}")).collect();
+    let applied = format!("{{\"spec\":\"{}\"}}", "x".repeat(6000));
+    let gen = generation.to_string();
+    let labels: Vec<(String, String)> = (0..10)
+        .map(|l| (format!("example.com/label-{l}"), format!("value-{i}-{l}")))
+        .chain([
+            ("app.kubernetes.io/name".to_owned(), app.to_owned()),
+            ("generation".to_owned(), gen.clone()),
+        ])
+        .collect();
+    let labels: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let rs = format!("svc{i:03}-6d5f7b9c8");
+    pod(&PodSpec {
+        name: &name,
+        namespace: "shop",
+        uid: &uid,
+        node,
+        labels: &labels,
+        annotations: &[("kubectl.kubernetes.io/last-applied-configuration", &applied)],
+        owner: Some(("ReplicaSet", &rs)),
+        containers: &[("app", &ids[0]), ("proxy", &ids[1]), ("log", &ids[2])],
+    })
+}
+
+/// 250 pods on this node (and 50 on another, which the field selector
+/// keeps out), each re-sent four times by the watch: the agent holds
+/// all 250, its memory stays small and flat through the churn, and the
+/// last update is the one its spans carry.
+#[test]
+fn a_node_with_250_pods_keeps_memory_bounded() {
+    if !require_root("a_node_with_250_pods_keeps_memory_bounded") {
+        return;
+    }
+    const PODS: usize = 250;
+    let api = FakeApi::start();
+    for i in 0..PODS {
+        api.add(bulky_pod(i, NODE, 0, "app-0"));
+    }
+    for i in PODS..PODS + 50 {
+        api.add(bulky_pod(i, "node-b", 0, "other"));
+    }
+    let dir = TempDir::new("k8s-250");
+    let kc = api.kubeconfig(&dir.0);
+    // Pod 0's "app" container holds a real server, to see the updates land.
+    let first = bulky_pod(0, NODE, 0, "app-0");
+    let app_id = first["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("containerd://"))
+        .expect("container id")
+        .to_owned();
+    let uid = first["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let cg = KubeletCgroup::create("burstable", &uid, &app_id);
+    let port = free_port();
+    let server = python_server(port);
+    cg.add(server.pid());
+
+    let kc_s = kc.to_string_lossy().into_owned();
+    // The periodic self-metrics line (debug) carries the gauges.
+    let mut agent = Agent::start_with_env(
+        &[
+            "--kubernetes",
+            "on",
+            "--node-name",
+            NODE,
+            "--stats-interval",
+            "1",
+        ],
+        &[
+            ("KUBECONFIG", &kc_s),
+            ("RUST_LOG", "info,tracer_agent::agent=debug"),
+        ],
+    );
+    wait_log(&agent, "listed this node's pods", 1);
+    span_with(&agent, port, "listed", |sp| {
+        res(sp, "service.name") == "app-0" && res(sp, "k8s.container.name") == "app"
+    });
+    let listed = agent.rss_kib();
+
+    for generation in 1..=4 {
+        for i in 0..PODS {
+            api.update(bulky_pod(i, NODE, generation, &format!("app-{generation}")));
+        }
+    }
+    // Updates arrive in order: pod 0's last one seen means all were.
+    let sp = span_with(&agent, port, "churned", |sp| {
+        res(sp, "service.name") == "app-4"
+    });
+    assert_eq!(res(&sp, "k8s.deployment.name"), "svc000");
+    let churned = agent.rss_kib();
+    eprintln!("agent RSS: {listed} KiB after the list, {churned} KiB after 1000 updates");
+    // The pods' raw objects are ~2 MiB; what is kept is a few KiB each.
+    assert!(
+        listed < 96 * 1024,
+        "agent RSS {listed} KiB with {PODS} pods"
+    );
+    assert!(
+        churned < listed + 16 * 1024,
+        "agent RSS grew from {listed} to {churned} KiB over 1000 pod updates"
+    );
+    wait_log(&agent, "k8s_pods=", 1);
+    let log = agent.log();
+    let stats = log
+        .lines()
+        .rfind(|l| l.contains("k8s_pods="))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(counter(&stats, "k8s_pods"), PODS as u64, "{stats}");
+    let line = summary(&mut agent);
+    assert!(!line.contains("k8s_pods_dropped="), "{line}");
+    drop(server);
+}

@@ -224,6 +224,23 @@ fn selection(args: &Args, on_kubernetes: bool) -> Result<Selection, AgentError> 
     Ok(sel)
 }
 
+/// `CAP_NET_ADMIN` (uapi/linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether capability `cap` is in this process's effective set
+/// (`CapEff` of /proc/self/status). Unknown counts as present: the
+/// kernel then gives the real answer.
+fn has_effective_cap(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|mask| mask & (1u64 << cap) != 0)
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), AgentError> {
     // Configuration errors are reported before anything is loaded.
@@ -257,6 +274,17 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         None => None,
     };
 
+    // Injection's sockhash and cgroup programs need CAP_NET_ADMIN: without
+    // it the agent traces, as on a kernel too old for injection, and says so
+    // (a DaemonSet missing the capability must not crash-loop).
+    let mut inject = args.inject_context == Switch::On;
+    if inject && !has_effective_cap(CAP_NET_ADMIN) {
+        tracing::warn!(
+            "context injection unavailable, tracing continues without it: it needs \
+             CAP_NET_ADMIN, which this process does not have"
+        );
+        inject = false;
+    }
     let opts = loader::LoadOptions {
         ring_bytes: args.ring_buffer_bytes,
         max_conns: args.max_connections,
@@ -265,7 +293,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             self_tgid: std::process::id(),
             filter_pids: u32::from(!args.pids.is_empty()),
             inflight_mask: loader::inflight_slots() - 1,
-            inject_context: u32::from(args.inject_context == Switch::On),
+            inject_context: u32::from(inject),
             propagators: kernel_order(&propagators),
             tls: u32::from(args.tls == Switch::On),
             fork_child_pid_offset: loader::fork_child_pid_offset(),
@@ -299,7 +327,6 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             tracing::debug!("HTTP/2 frame walk: {e:?}");
         }
     }
-    let inject = args.inject_context == Switch::On;
     let no_thread_link = if inject {
         Some(mark_multiplexed_processes(&mut ebpf)?)
     } else {
@@ -329,6 +356,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
                     ..opts.config
                 };
                 loader::write_config(&mut ebpf, cfg).map_err(AgentError::Kernel)?;
+                inject = false;
             }
         }
     }

@@ -12,6 +12,7 @@
 //! - `fuzz`: coverage-guided fuzzing of the parsers and pipeline (nightly).
 mod bench;
 mod fuzz;
+mod image;
 mod matrix;
 mod setup;
 mod tasks;
@@ -54,6 +55,9 @@ enum Cmd {
     /// and traces inside (root).
     #[command(alias = "kernels")]
     Matrix(matrix::MatrixArgs),
+    /// Build a container image with no registry: the release binary and
+    /// its shared libraries on an empty root, imported into docker.
+    Image(image::ImageArgs),
     /// Fuzz the agent's parsers and pipeline with cargo-fuzz (nightly);
     /// a crash fails the command and its input is kept in fuzz/artifacts.
     Fuzz(fuzz::FuzzArgs),
@@ -70,5 +74,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::RecordFixtures => tasks::record_fixtures(),
         Cmd::Matrix(a) => matrix::run(&a, &tasks::build()?),
         Cmd::Fuzz(a) => fuzz::run(&a),
+        Cmd::Image(a) => image::run_image(&a),
     }
 }

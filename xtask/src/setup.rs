@@ -33,6 +33,9 @@ const APT_PEERS: &[(&str, &str)] = &[
     // A stripped Go HTTPS server (crypto/tls, HTTP/2) for the Go TLS
     // probes; kubectl, their stripped Go client, comes with the machine.
     ("caddy", "caddy"),
+    // The container image test (`cargo xtask image`, tests/tests/image.rs)
+    // runs the image under a dockerd of its own.
+    ("dockerd", "docker.io"),
     // grpc-go sources (1.33) for the Go gRPC test service, built in
     // GOPATH mode: a path, not a binary.
     (
@@ -41,8 +44,10 @@ const APT_PEERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Python packages the HTTP/2 tests drive, in a venv of their own.
-const PIP_PEERS: &[&str] = &["grpcio==1.85.3"];
+/// Python packages the tests drive, in a venv of their own: gRPC peers for
+/// the HTTP/2 tests, and the Kubernetes schema validator (schemas bundled,
+/// so it validates offline) for the deploy manifests.
+const PIP_PEERS: &[&str] = &["grpcio==1.85.3", "kubernetes-validate==1.37.0"];
 
 /// The Python that has [`PIP_PEERS`].
 pub fn venv_python() -> PathBuf {

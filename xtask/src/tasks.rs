@@ -116,6 +116,13 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         c.arg(f);
     }
     c.env("TRACER_BIN", &bin);
+    // The image test imports this into a dockerd of its own.
+    let tar = crate::image::default_tar();
+    if let Some(parent) = tar.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    crate::image::tarball(&bin, &tar)?;
+    c.env("TRACER_IMAGE_TAR", &tar);
     let before = peer_processes();
     let res = sh(&mut c);
     // A test must leave no process behind (an orphaned server holds its
@@ -162,8 +169,22 @@ pub fn record_fixtures() -> anyhow::Result<()> {
 /// Processes of the programs the tests and the bench start: (pid, comm).
 fn peer_processes() -> Vec<(u32, String)> {
     const PEERS: &[&str] = &[
-        "nginx", "python3", "node", "busybox", "httpd", "wrk", "curl", "tracer", "hey", "h2load",
-        "openssl", "nghttp", "etcd",
+        "nginx",
+        "python3",
+        "node",
+        "busybox",
+        "httpd",
+        "wrk",
+        "curl",
+        "tracer",
+        "hey",
+        "h2load",
+        "openssl",
+        "nghttp",
+        "etcd",
+        "dockerd",
+        "containerd",
+        "kubectl",
     ];
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -14,7 +14,7 @@ use tracer_common::{
     Config, MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_INFLIGHT, MAP_PID_FILTER, MAP_SCRATCH,
 };
 
-use super::{program, BpfError};
+use super::{object_patch, program, BpfError};
 
 /// The compiled kernel object, built by build.rs through aya-build.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -230,6 +230,21 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
     } else {
         1
     };
+    // Without injection the sockhash is never used: a plain hash in its
+    // place lets the agent run without CAP_NET_ADMIN (see object_patch).
+    let patched = if opts.config.inject_context == 0 {
+        let p = object_patch::sockhash_as_hash(BPF_OBJECT, tracer_common::MAP_SOCKS);
+        if p.is_none() {
+            tracing::warn!(
+                "could not find the {} sockhash in the BPF object: loading needs CAP_NET_ADMIN",
+                tracer_common::MAP_SOCKS
+            );
+        }
+        p
+    } else {
+        None
+    };
+    let object = patched.as_ref().map_or(BPF_OBJECT, |p| p.bytes());
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tracer_common::MAP_GO_SERVER_CTX, go_inject)
         .map_max_entries(tracer_common::MAP_GO_TRACE, go_inject)
@@ -241,7 +256,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
         .map_max_entries(tracer_common::MAP_TLS_CALLS, opts.config.inflight_mask + 1)
         .map_max_entries(tracer_common::MAP_LAST_READ, opts.config.inflight_mask + 1)
         .override_global("AYA_LOG_LEVEL", &level, true)
-        .load(BPF_OBJECT)
+        .load(object)
         .map_err(BpfError::Load)?;
 
     write_config(&mut ebpf, opts.config)?;
@@ -291,6 +306,18 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, AttachReport), BpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_object_takes_the_sockhash_patch() {
+        if BPF_OBJECT.is_empty() {
+            eprintln!("not checked: this build has no kernel object (AYA_BUILD_SKIP)");
+            return;
+        }
+        let patched = object_patch::sockhash_as_hash(BPF_OBJECT, tracer_common::MAP_SOCKS)
+            .expect("SOCKS is a legacy sockhash definition");
+        assert_eq!(patched.bytes().len(), BPF_OBJECT.len());
+        assert_ne!(patched.bytes(), BPF_OBJECT);
+    }
 
     #[test]
     fn fork_record_offsets_of_both_layouts() {

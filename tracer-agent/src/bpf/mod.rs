@@ -7,6 +7,7 @@ pub mod h2walk;
 pub mod injection;
 pub mod kernel;
 pub mod loader;
+pub mod object_patch;
 pub mod recording;
 pub mod ring;
 pub mod tails;
