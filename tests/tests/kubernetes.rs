@@ -613,3 +613,85 @@ fn a_node_with_250_pods_keeps_memory_bounded() {
     assert!(!line.contains("k8s_pods_dropped="), "{line}");
     drop(server);
 }
+
+/// The agent in a mount namespace of its own with every cgroup2 mount
+/// taken away, as on a cgroup v1-only node.
+/// `limit`: killed after that long (for a run expected to exit by itself).
+fn without_cgroup2(args: &[&str], kubeconfig: &str, limit: Option<u32>) -> Command {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let cgroup2: Vec<String> = mounts
+        .lines()
+        .filter(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|f| f.starts_with("cgroup2 "))
+        })
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect();
+    let script = cgroup2
+        .iter()
+        .map(|m| format!("umount -l '{m}' && "))
+        .collect::<String>()
+        + r#"exec "$0" "$@""#;
+    let mut cmd = match limit {
+        Some(secs) => {
+            let mut c = Command::new("timeout");
+            c.args(["-s", "KILL", &secs.to_string(), "unshare"]);
+            c
+        }
+        None => Command::new("unshare"),
+    };
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(tracer_tests::tracer_bin())
+        .args(["--output", "json", "--log-level", "info"])
+        .args(["--kubernetes", "on", "--node-name", NODE])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// With no cgroup v2 hierarchy the kernel cannot select by cgroup: an
+/// explicit selection is refused (tracing more than asked is no
+/// fallback), the default exclusions give way with a warning.
+#[test]
+fn no_cgroup2_refuses_explicit_selection_and_drops_default_exclusions() {
+    if !require_root("no_cgroup2_refuses_explicit_selection_and_drops_default_exclusions") {
+        return;
+    }
+    let api = FakeApi::start();
+    api.add(kube_dns());
+    let dir = TempDir::new("k8s-nocg2");
+    let kc = api.kubeconfig(&dir.0);
+    let kc_s = kc.to_string_lossy().into_owned();
+
+    let out = without_cgroup2(&["--namespace", "shop"], &kc_s, Some(60))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("Kubernetes selection")
+            && err.contains("no cgroup v2 mount"),
+        "explicit selection without cgroup v2: {err}"
+    );
+
+    let port = free_port();
+    let server = python_server(port);
+    let mut agent =
+        Agent::start_command(without_cgroup2(&["--port", &port.to_string()], &kc_s, None));
+    let log = agent.log();
+    assert!(
+        log.contains("no cgroup v2 hierarchy") && log.contains("kube-system"),
+        "{log}"
+    );
+    span_with(&agent, port, "nocg2", |sp| {
+        sp["resource"]["process.pid"] == server.pid()
+    });
+    agent.stop();
+    drop(server);
+}

@@ -195,6 +195,13 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) -> Result<(), AgentError> {
 /// against whether the Kubernetes API is in use: without it a pod
 /// selection cannot be honoured, which is an error rather than a silent
 /// trace-everything.
+/// Whether a selection flag was given (not only the default exclusions).
+fn explicit_selection(args: &Args) -> bool {
+    !args.namespaces.is_empty()
+        || args.exclude_namespaces.is_some()
+        || !args.container_names.is_empty()
+}
+
 fn selection(args: &Args, on_kubernetes: bool) -> Result<Selection, AgentError> {
     let clean = |v: &[String]| -> Vec<String> {
         v.iter()
@@ -222,6 +229,31 @@ fn selection(args: &Args, on_kubernetes: bool) -> Result<Selection, AgentError> 
         ));
     }
     Ok(sel)
+}
+
+/// Before 5.11 BPF maps and programs are charged to RLIMIT_MEMLOCK
+/// (64 KiB by default before 5.16: not one ring buffer). Unlimited when
+/// allowed (CAP_SYS_RESOURCE), else the soft limit up to the hard one.
+/// Later kernels charge the memory cgroup instead and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit/getrlimit with valid pointers to rlimit values.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 && cur.rlim_cur < cur.rlim_max {
+            cur.rlim_cur = cur.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
+        }
+    }
 }
 
 /// `CAP_NET_ADMIN` (uapi/linux/capability.h).
@@ -253,13 +285,34 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         tracing::warn!("not running as root: loading BPF programs will likely fail");
     }
     loader::ensure_tracefs();
+    raise_memlock_limit();
     // The API is found before anything is loaded: the kernel's cgroup
     // filter mode depends on it. Finding it reads files only.
     let kube = kube_watch::client(args.kubernetes)
         .await
         .map_err(AgentError::Kube)?;
     let sel = selection(&args, kube.is_some())?;
-    let filter_cgroups = if kube.is_some() {
+    // Kernel-side selection names cgroup v2 ids. On a node without the
+    // unified hierarchy an explicit selection cannot be honoured (an
+    // error: tracing more than asked is not a fallback), while the default
+    // exclusions are dropped with a warning so the DaemonSet still runs.
+    let cgroup_root = match sel.kernel_mode() {
+        _ if kube.is_none() => None,
+        CGROUP_FILTER_OFF => None,
+        _ => match injection::cgroup_dir(None) {
+            Ok(root) => Some(root),
+            Err(e) if !explicit_selection(&args) => {
+                tracing::warn!(
+                    "no cgroup v2 hierarchy: the default exclusions ({}) are not applied, \
+                     every process is traced: {e}",
+                    sel.exclude_namespaces.join(", ")
+                );
+                None
+            }
+            Err(e) => return Err(AgentError::Selection(e)),
+        },
+    };
+    let filter_cgroups = if cgroup_root.is_some() {
         sel.kernel_mode()
     } else {
         CGROUP_FILTER_OFF
@@ -376,12 +429,9 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let health = health::Health::new();
     let health_server = health_listener.map(|l| tokio::spawn(health::serve(l, health.clone())));
     let pods = kube.as_ref().map(|_| Pods::new());
-    let filter_sync = if filter_cgroups == CGROUP_FILTER_OFF {
-        None
-    } else {
+    let filter_sync = if let Some(root) = cgroup_root {
         let map = BpfHashMap::try_from(take_map(&mut ebpf, MAP_CGROUP_FILTER)?)
             .map_err(|e| AgentError::Kernel(BpfError::map(MAP_CGROUP_FILTER)(e)))?;
-        let root = injection::cgroup_dir(None).map_err(AgentError::Selection)?;
         tracing::info!(
             namespaces = ?sel.namespaces,
             exclude_namespaces = ?sel.exclude_namespaces,
@@ -399,6 +449,8 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         )
         .map_err(io("starting the cgroup filter thread"))?;
         Some(sync)
+    } else {
+        None
     };
     // The node's name is the spans' host.name on Kubernetes (a pod's own
     // host name is the pod's) and whenever --node-name is given.
