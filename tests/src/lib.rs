@@ -210,12 +210,31 @@ impl Agent {
         self.spans.lock().expect("lock").clone()
     }
 
+    /// How many spans so far match `pred` (counted under the lock: no copy).
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| pred(s))
+            .count()
+    }
+
     /// Waits until `want` spans match `pred` (and returns those), panicking
     /// with everything seen if they do not arrive within 20 s.
     pub fn wait_for(&self, want: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let got: Vec<Value> = self.spans().into_iter().filter(|s| pred(s)).collect();
+            // Filtered under the lock: cloning every span each turn (tens
+            // of thousands after a load test) would starve the reader.
+            let got: Vec<Value> = self
+                .spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|s| pred(s))
+                .cloned()
+                .collect();
             if got.len() >= want {
                 return got;
             }

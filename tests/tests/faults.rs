@@ -121,16 +121,31 @@ fn process_storm_keeps_caches_and_uprobes_bounded() {
     }
     let rss = agent.rss_kib();
     assert!(rss < 100 * 1024, "agent RSS {rss} KiB after the storm");
-    thread::sleep(Duration::from_millis(500));
-    curl(&[
-        "-o",
-        "/dev/null",
-        &format!("http://127.0.0.1:{port}/storm/after"),
-    ]);
-    let after = agent.wait_for(2, |sp| attr(sp, "url.path") == "/storm/after");
-    assert_eq!(after.len(), 2, "{after:#?}");
+    // The agent still traces once the storm is over. It may be seconds
+    // behind at that point (it was starved of CPU and reads its backlog
+    // now), so a request is repeated until one is seen on both sides.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut traced = None;
+    for k in 0.. {
+        if Instant::now() > deadline {
+            break;
+        }
+        let path = format!("/storm/after/{k}");
+        curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}{path}")]);
+        thread::sleep(Duration::from_millis(500));
+        if agent.count(|sp| attr(sp, "url.path") == path.as_str()) == 2 {
+            traced = Some(k);
+            break;
+        }
+    }
     agent.stop();
     let log = agent.log();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("summary:"))
+        .unwrap_or_default();
+    let k = traced.unwrap_or_else(|| panic!("nothing traced after the storm: {summary}"));
+    eprintln!("traced again from request {k} after the storm");
     let private_s = private.display().to_string();
     let probed = log
         .lines()

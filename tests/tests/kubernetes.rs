@@ -16,6 +16,7 @@ use tracer_tests::{
     cgroups::KubeletCgroup,
     curl, exe, free_port,
     kubeapi::{pod, raw_get, FakeApi, PodSpec},
+    otlp::Receiver,
     python_server, python_server_with_env, require_root, run_tracer_to_exit, s, Agent, TempDir,
 };
 
@@ -694,4 +695,158 @@ fn no_cgroup2_refuses_explicit_selection_and_drops_default_exclusions() {
     });
     agent.stop();
     drop(server);
+}
+
+/// The OTLP Resource and the `--output json` resource are one: every
+/// attribute, k8s ones included, with the same value.
+#[test]
+fn the_otlp_resource_is_the_json_resource() {
+    if !require_root("the_otlp_resource_is_the_json_resource") {
+        return;
+    }
+    let api = FakeApi::start();
+    api.add(checkout(&[("app.kubernetes.io/name", "checkout-app")], &[]));
+    let dir = TempDir::new("k8s-otlp");
+    let kc = api.kubeconfig(&dir.0);
+    let web_cg = KubeletCgroup::create("besteffort", UID, &cid("a1"));
+    let port = free_port();
+    let web = python_server(port);
+    web_cg.add(web.pid());
+    let rx = Receiver::grpc(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.port);
+    let kc_s = kc.to_string_lossy().into_owned();
+    let agent = Agent::start_with_env(
+        &[
+            "--kubernetes",
+            "on",
+            "--node-name",
+            NODE,
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-batch-timeout",
+            "200ms",
+        ],
+        &[("KUBECONFIG", &kc_s)],
+    );
+    let sp = span_with(&agent, port, "otlp", |sp| {
+        res(sp, "service.name") == "checkout-app"
+    });
+    let path = attr(&sp, "url.path")
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let got = rx.wait_for(1, |r| {
+        r.span.kind == 2 && r.attr("url.path").as_deref() == Some(path.as_str())
+    });
+    let otlp = &got[0].resource;
+    let json = sp["resource"].as_object().expect("resource object");
+    for (k, v) in json {
+        let want = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(
+            otlp.get(k),
+            Some(&want),
+            "{k}: OTLP {otlp:#?} JSON {json:#?}"
+        );
+    }
+    assert_eq!(otlp.len(), json.len(), "OTLP {otlp:#?} JSON {json:#?}");
+    assert_eq!(
+        otlp.get("k8s.deployment.name").map(String::as_str),
+        Some("checkout")
+    );
+    drop(web);
+}
+
+/// An API server that accepts connections and never answers: requests
+/// to it hang until the client gives up.
+struct BlackHole {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHole {
+    fn start() -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        let port = l.local_addr().expect("addr").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((c, _)) = l.accept() {
+                    if held.len() < 256 {
+                        held.push(c);
+                    }
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The API hangs: the agent starts, and a pod's process gets spans with
+/// what is known without it (the executable's name, the container id and
+/// pod uid from its cgroup); nothing on the event path waits.
+#[test]
+fn spans_flow_while_the_api_hangs() {
+    if !require_root("spans_flow_while_the_api_hangs") {
+        return;
+    }
+    let hole = BlackHole::start();
+    let dir = TempDir::new("k8s-hang");
+    let kc = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: hang\n  cluster:\n    server: http://127.0.0.1:{}\n\
+             users:\n- name: hang\n  user: {{}}\ncontexts:\n- name: hang\n  context:\n    cluster: hang\n    user: hang\n\
+             current-context: hang\n",
+            hole.port
+        ),
+    )
+    .expect("kubeconfig");
+    let web_cg = KubeletCgroup::create("besteffort", UID, &cid("a1"));
+    let port = free_port();
+    let web = python_server(port);
+    web_cg.add(web.pid());
+    let kc_s = kc.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let mut agent = Agent::start_with_env(
+        &["--kubernetes", "on", "--node-name", NODE],
+        &[("KUBECONFIG", &kc_s)],
+    );
+    let sp = span_with(&agent, port, "hang", |sp| {
+        sp["resource"]["process.pid"] == web.pid()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "spans took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(res(&sp, "service.name"), exe(&sp));
+    assert_eq!(res(&sp, "container.id"), cid("a1"));
+    assert_eq!(res(&sp, "k8s.pod.uid"), UID);
+    assert!(
+        sp["resource"]["k8s.pod.name"].is_null(),
+        "{:#}",
+        sp["resource"]
+    );
+    assert!(
+        !agent.log().contains("listed this node's pods"),
+        "{}",
+        agent.log()
+    );
+    agent.stop();
+    assert!(agent.log().contains("summary:"), "{}", agent.log());
+    drop(web);
 }

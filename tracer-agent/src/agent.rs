@@ -625,7 +625,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     }
     drop(filter_sync);
     // Read what is already queued, then detach before the final flush.
-    let _ = ring::drain(&mut ring, &mut pipeline, recorder.as_mut());
+    while ring::drain(&mut ring, &mut pipeline, recorder.as_mut()) >= ring::DRAIN_BUDGET {}
     pipeline.drain();
     drop(pipeline);
     drop(recorder);

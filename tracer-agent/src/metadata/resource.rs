@@ -68,10 +68,19 @@ impl Resource {
         if let Some(id) = &p.container_id {
             attrs.push(("container.id", s(id)));
         }
-        if let Some(m) = pod {
-            let mut k8s = Vec::new();
-            m.pod.attributes(m.container.as_deref(), &mut k8s);
-            attrs.extend(k8s.into_iter().map(|(k, v)| (k, ResValue::Str(v))));
+        match pod {
+            Some(m) => {
+                let mut k8s = Vec::new();
+                m.pod.attributes(m.container.as_deref(), &mut k8s);
+                attrs.extend(k8s.into_iter().map(|(k, v)| (k, ResValue::Str(v))));
+            }
+            // The API has not named the pod (down, slow, or not yet): its
+            // uid is still known from the kubelet's cgroup path.
+            None => {
+                if let Some(uid) = &p.pod_uid {
+                    attrs.push(("k8s.pod.uid", s(uid)));
+                }
+            }
         }
         Self {
             service_name,
@@ -275,5 +284,15 @@ mod tests {
         );
         pods.remove("u1");
         assert_eq!(res.get(&p).service_name, "python3");
+    }
+
+    #[test]
+    fn an_unknown_pod_still_has_its_uid_from_the_cgroup() {
+        let r = Resource::of(&process(false), "h", None);
+        assert_eq!(r.get("k8s.pod.uid"), Some(&ResValue::Str("u1".into())));
+        assert_eq!(r.get("k8s.pod.name"), None);
+        let mut host = process(false);
+        host.pod_uid = None;
+        assert_eq!(Resource::of(&host, "h", None).get("k8s.pod.uid"), None);
     }
 }

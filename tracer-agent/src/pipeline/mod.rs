@@ -143,6 +143,11 @@ impl Pipeline {
         }
     }
 
+    /// Spans built and not yet handed to the sinks.
+    pub fn pending_spans(&self) -> usize {
+        self.batch.len()
+    }
+
     /// Hands the spans built so far to every sink (one wakeup per batch).
     pub fn flush(&mut self) {
         if self.batch.is_empty() {
