@@ -99,6 +99,23 @@ fn by_path<'a>(spans: &'a [Value], kind: &str, pid_: u32, path: &str) -> &'a Val
     found[0]
 }
 
+/// Runs `tracer check` on spans written as the agent's JSON lines.
+fn tracer_check(spans: &[Value]) -> (i32, String) {
+    let dir = TempDir::new("check");
+    let file = dir.0.join("spans.jsonl");
+    let text: String = spans.iter().map(|sp| format!("{sp}\n")).collect();
+    std::fs::write(&file, text).expect("write spans");
+    let out = std::process::Command::new(tracer_bin())
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("tracer check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 #[test]
 fn three_uninstrumented_services_form_one_trace() {
     if !require_root("three_uninstrumented_services_form_one_trace") {
@@ -179,6 +196,17 @@ fn three_uninstrumented_services_form_one_trace() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 6);
+    // `tracer check` on this real output: one whole trace over 4 services.
+    let (code, out) = tracer_check(&spans);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("200 complete {trace} spans=6 services=")),
+        "{out}"
+    );
+    assert!(
+        out.contains("traces=1 complete(200)=1 broken(409)=0 inverted(422)=0"),
+        "{out}"
+    );
 
     // 2. An incoming traceparent from curl: kept end to end.
     curl(&[
@@ -196,6 +224,15 @@ fn three_uninstrumented_services_form_one_trace() {
     // curl propagated context itself: its span joins that trace.
     assert_eq!(s(&curl_c, "parent_span_id"), S);
     assert_eq!(s(&a_s, "parent_span_id"), S);
+    // The caller that sent that traceparent is not in the output: to
+    // `tracer check` the chain hangs off a parent it does not have.
+    let (code, out) = tracer_check(&spans);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("409 broken   {T} spans=6")), "{out}");
+    assert!(
+        out.contains(&format!("has parent {S}, which is not in the trace")),
+        "{out}"
+    );
     parent_is(&a_c, &a_s);
     parent_is(&b_s, &a_c);
     parent_is(&b_c, &b_s);

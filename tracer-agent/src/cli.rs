@@ -328,3 +328,49 @@ mod tests {
         assert!(bad.propagator_list().is_err());
     }
 }
+
+/// `tracer check FILE...`: whether each trace in span files is whole.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracer check",
+    about = "Check that traces are whole: one line per trace, 200 complete, \
+             409 broken chain (a parent not in the trace, two roots), \
+             422 time inversion or cycle; then a summary. Exit status 0 when \
+             every trace is complete, 1 otherwise, 2 when a file cannot be read."
+)]
+pub struct CheckArgs {
+    /// Span files: `tracer --output json` lines, or OTLP JSON lines (an
+    /// OpenTelemetry Collector's file exporter); `-` reads stdin. Spans of
+    /// one trace may be spread over files from many nodes.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+
+    /// Clock skew allowed between a parent and its child before it counts
+    /// as a time inversion (hosts' clocks differ). Example: --tolerance 2ms
+    #[arg(long, default_value = "1ms", value_parser = parse_tolerance)]
+    pub tolerance: std::time::Duration,
+
+    /// Print only the traces that are not complete, then the summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `250us`, `2ms`, `1s`, or a bare number of nanoseconds.
+fn parse_tolerance(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "ns"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 2ms)"))?;
+    match unit {
+        "ns" => Ok(Duration::from_nanos(n)),
+        "us" | "µs" => Ok(Duration::from_micros(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{s:?}: unit must be ns, us, ms or s")),
+    }
+}

@@ -15,13 +15,15 @@
 //! - [`metadata`]: processes, their runtimes, containers, sockets;
 //! - [`golang`]: Go binaries (build info);
 //! - [`telemetry`]: the counter registry and its reports;
-//! - [`export`]: sinks, stdout, OTLP.
+//! - [`export`]: sinks, stdout, OTLP;
+//! - [`integrity`]: `tracer check`, the whole-trace verdicts.
 pub mod agent;
 pub mod bpf;
 pub mod cli;
 pub mod conn;
 pub mod export;
 pub mod golang;
+pub mod integrity;
 pub mod metadata;
 pub mod pipeline;
 pub mod propagation;
