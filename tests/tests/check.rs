@@ -133,7 +133,7 @@ fn each_verdict_from_the_agents_json_lines() {
         None,
     );
     assert!(!out.contains("200 complete"), "{out}");
-    assert!(!out.contains("422"), "{out}");
+    assert!(!out.contains("422 inverted"), "{out}");
     assert!(
         out.contains("complete(200)=2 broken(409)=1 inverted(422)=0"),
         "{out}"
