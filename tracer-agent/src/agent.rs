@@ -191,10 +191,6 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// `--namespace`, `--exclude-namespace` and `--container-name`, checked
-/// against whether the Kubernetes API is in use: without it a pod
-/// selection cannot be honoured, which is an error rather than a silent
-/// trace-everything.
 /// Whether a selection flag was given (not only the default exclusions).
 fn explicit_selection(args: &Args) -> bool {
     !args.namespaces.is_empty()
@@ -202,6 +198,10 @@ fn explicit_selection(args: &Args) -> bool {
         || !args.container_names.is_empty()
 }
 
+/// `--namespace`, `--exclude-namespace` and `--container-name`, checked
+/// against whether the Kubernetes API is in use: without it a pod
+/// selection cannot be honoured, which is an error rather than a silent
+/// trace-everything.
 fn selection(args: &Args, on_kubernetes: bool) -> Result<Selection, AgentError> {
     let clean = |v: &[String]| -> Vec<String> {
         v.iter()
