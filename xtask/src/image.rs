@@ -10,12 +10,9 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
-use crate::{
-    tasks,
-    util::{output, root, run},
-};
+use crate::util::{copy_under, root, run, shared_libraries};
 
 #[derive(clap::Args)]
 pub struct ImageArgs {
@@ -33,38 +30,6 @@ pub struct ImageArgs {
 /// Where the default rootfs tarball goes.
 pub fn default_tar() -> PathBuf {
     root().join("target/image/tracer-rootfs.tar")
-}
-
-/// Files a dynamically linked binary needs at run time, from `ldd`.
-fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let text = output(Command::new("ldd").arg(bin))?;
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-        // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
-        let path = match line.split_once("=>") {
-            Some((_, rhs)) => rhs.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        } else if line.contains("not found") {
-            bail!("{}: {line}", bin.display());
-        }
-    }
-    Ok(libs)
-}
-
-/// Copies `src` to the same absolute path under `dir` (the content, so a
-/// symlinked library arrives as a file under its linked name).
-fn copy_under(dir: &Path, src: &Path) -> anyhow::Result<()> {
-    let rel = src.strip_prefix("/").unwrap_or(src);
-    let dst = dir.join(rel);
-    if let Some(parent) = dst.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
-    Ok(())
 }
 
 /// The image's files: /bin/tracer, its libraries, the CA bundle (OTLP over
@@ -90,6 +55,9 @@ pub fn assemble(bin: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// The rootfs as a tarball, for `docker import`.
 pub fn tarball(bin: &Path, tar: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = tar.parent() {
+        fs::create_dir_all(parent)?;
+    }
     let dir = tar.with_extension("d");
     assemble(bin, &dir)?;
     run(Command::new("tar")
@@ -108,18 +76,15 @@ pub const IMPORT_CHANGES: &[&str] = &[
     r#"LABEL org.opencontainers.image.title="tracer""#,
 ];
 
-pub fn run_image(args: &ImageArgs) -> anyhow::Result<()> {
-    let bin = tasks::build()?;
+/// `cargo xtask image` for the agent binary `bin`.
+pub fn run_image(args: &ImageArgs, bin: &Path) -> anyhow::Result<()> {
     if let Some(dir) = &args.rootfs {
-        assemble(&bin, dir)?;
+        assemble(bin, dir)?;
         println!("image root file system in {}", dir.display());
         return Ok(());
     }
     let tar = default_tar();
-    if let Some(parent) = tar.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    tarball(&bin, &tar)?;
+    tarball(bin, &tar)?;
     let mut docker = Command::new("docker");
     if let Some(h) = &args.docker_host {
         docker.args(["-H", h]);

@@ -74,6 +74,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::RecordFixtures => tasks::record_fixtures(),
         Cmd::Matrix(a) => matrix::run(&a, &tasks::build()?),
         Cmd::Fuzz(a) => fuzz::run(&a),
-        Cmd::Image(a) => image::run_image(&a),
+        Cmd::Image(a) => image::run_image(&a, &tasks::build()?),
     }
 }

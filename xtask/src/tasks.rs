@@ -118,9 +118,6 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     c.env("TRACER_BIN", &bin);
     // The image test imports this into a dockerd of its own.
     let tar = crate::image::default_tar();
-    if let Some(parent) = tar.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     crate::image::tarball(&bin, &tar)?;
     c.env("TRACER_IMAGE_TAR", &tar);
     let before = peer_processes();

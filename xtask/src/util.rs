@@ -1,5 +1,6 @@
 //! Small helpers shared by the xtask commands.
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -54,4 +55,36 @@ pub fn which(bin: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(bin))
         .find(|p| p.is_file())
+}
+
+/// Files a dynamically linked binary needs at run time, from `ldd`.
+pub fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let text = output(Command::new("ldd").arg(bin))?;
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
+        let path = match line.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        } else if line.contains("not found") {
+            bail!("{}: {line}", bin.display());
+        }
+    }
+    Ok(libs)
+}
+
+/// Copies `src` to the same absolute path under `dir` (the content, so a
+/// symlinked library arrives as a file under its linked name).
+pub fn copy_under(dir: &Path, src: &Path) -> anyhow::Result<()> {
+    let rel = src.strip_prefix("/").unwrap_or(src);
+    let dst = dir.join(rel);
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    Ok(())
 }

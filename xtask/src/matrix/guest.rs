@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::util::{output, run, which};
+use crate::util::{copy_under, run, shared_libraries, which};
 
 /// Requests each phase makes to each server.
 pub const REQUESTS: usize = 5;
@@ -107,31 +107,6 @@ poweroff -f
 }
 
 /// Shared libraries `bin` loads, from `ldd`.
-fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = output(Command::new("ldd").arg(bin))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next(),
-                None => l.split_whitespace().next(),
-            }?;
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
-}
-
-/// Copies `src` to the same absolute path under `root`.
-fn copy_into(root: &Path, src: &Path) -> anyhow::Result<()> {
-    let rel = src.strip_prefix("/").unwrap_or(src);
-    let dst = root.join(rel);
-    if let Some(p) = dst.parent() {
-        fs::create_dir_all(p)?;
-    }
-    fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
-    Ok(())
-}
-
 /// Builds the initramfs (gzip'ed newc cpio) at `out`.
 pub fn build_initramfs(agent: &Path, out: &Path) -> anyhow::Result<()> {
     let busybox = which("busybox")
@@ -167,8 +142,8 @@ pub fn build_initramfs(agent: &Path, out: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying {} (apt nghttp2-server/-client)", bin.display()))?;
     }
     for bin in [agent, nginx.as_path(), &h2[0], &h2[1]] {
-        for lib in libraries(bin)? {
-            copy_into(&root, &lib)?;
+        for lib in shared_libraries(bin)? {
+            copy_under(&root, &lib)?;
         }
     }
     let init = root.join("init");
