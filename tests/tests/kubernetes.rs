@@ -252,6 +252,17 @@ fn res<'a>(span: &'a Value, key: &str) -> &'a str {
     span["resource"][key].as_str().unwrap_or("")
 }
 
+/// The agent on this node (`--kubernetes on --node-name NODE`) with the
+/// API of `kubeconfig`, plus `args` and `env`.
+fn node_agent(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let mut all = vec!["--kubernetes", "on", "--node-name", NODE];
+    all.extend_from_slice(args);
+    let mut vars = vec![("KUBECONFIG", kc.as_str())];
+    vars.extend_from_slice(env);
+    Agent::start_with_env(&all, &vars)
+}
+
 fn wait_log(agent: &Agent, needle: &str, times: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while agent.log().matches(needle).count() < times {
@@ -310,18 +321,7 @@ fn pods_name_their_processes_through_watch_restarts() {
     side_cg.add(side.pid());
     dns_cg.add(dns.pid());
 
-    let kc_s = kc.to_string_lossy().into_owned();
-    let mut agent = Agent::start_with_env(
-        &[
-            "--kubernetes",
-            "on",
-            "--node-name",
-            NODE,
-            "--stats-interval",
-            "1",
-        ],
-        &[("KUBECONFIG", &kc_s)],
-    );
+    let mut agent = node_agent(&kc, &["--stats-interval", "1"], &[]);
     wait_log(&agent, "listed this node's pods", 1);
 
     // Rule 3: the app.kubernetes.io/name label; every k8s attribute.
@@ -559,21 +559,11 @@ fn a_node_with_250_pods_keeps_memory_bounded() {
     let server = python_server(port);
     cg.add(server.pid());
 
-    let kc_s = kc.to_string_lossy().into_owned();
     // The periodic self-metrics line (debug) carries the gauges.
-    let mut agent = Agent::start_with_env(
-        &[
-            "--kubernetes",
-            "on",
-            "--node-name",
-            NODE,
-            "--stats-interval",
-            "1",
-        ],
-        &[
-            ("KUBECONFIG", &kc_s),
-            ("RUST_LOG", "info,tracer_agent::agent=debug"),
-        ],
+    let mut agent = node_agent(
+        &kc,
+        &["--stats-interval", "1"],
+        &[("RUST_LOG", "info,tracer_agent::agent=debug")],
     );
     wait_log(&agent, "listed this node's pods", 1);
     span_with(&agent, port, "listed", |sp| {
@@ -714,19 +704,15 @@ fn the_otlp_resource_is_the_json_resource() {
     web_cg.add(web.pid());
     let rx = Receiver::grpc(0, 0);
     let endpoint = format!("http://127.0.0.1:{}", rx.port);
-    let kc_s = kc.to_string_lossy().into_owned();
-    let agent = Agent::start_with_env(
+    let agent = node_agent(
+        &kc,
         &[
-            "--kubernetes",
-            "on",
-            "--node-name",
-            NODE,
             "--otlp-endpoint",
             &endpoint,
             "--otlp-batch-timeout",
             "200ms",
         ],
-        &[("KUBECONFIG", &kc_s)],
+        &[],
     );
     let sp = span_with(&agent, port, "otlp", |sp| {
         res(sp, "service.name") == "checkout-app"
@@ -819,12 +805,8 @@ fn spans_flow_while_the_api_hangs() {
     let port = free_port();
     let web = python_server(port);
     web_cg.add(web.pid());
-    let kc_s = kc.to_string_lossy().into_owned();
     let started = Instant::now();
-    let mut agent = Agent::start_with_env(
-        &["--kubernetes", "on", "--node-name", NODE],
-        &[("KUBECONFIG", &kc_s)],
-    );
+    let mut agent = node_agent(&kc, &[], &[]);
     let sp = span_with(&agent, port, "hang", |sp| {
         sp["resource"]["process.pid"] == web.pid()
     });

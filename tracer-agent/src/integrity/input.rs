@@ -128,25 +128,55 @@ fn time_ns(v: Option<&Value>) -> Option<u64> {
     }
 }
 
-fn own_span(doc: &Value) -> Option<CheckedSpan> {
+/// Where each shape keeps a span's fields.
+struct Keys {
+    trace: &'static str,
+    span: &'static str,
+    parent: &'static str,
+    start: &'static str,
+    end: &'static str,
+}
+
+const OWN: Keys = Keys {
+    trace: "trace_id",
+    span: "span_id",
+    parent: "parent_span_id",
+    start: "start_time_unix_nano",
+    end: "end_time_unix_nano",
+};
+
+const OTLP: Keys = Keys {
+    trace: "traceId",
+    span: "spanId",
+    parent: "parentSpanId",
+    start: "startTimeUnixNano",
+    end: "endTimeUnixNano",
+};
+
+fn span_of(doc: &Value, k: &Keys, service: String) -> Option<CheckedSpan> {
     Some(CheckedSpan {
-        trace_id: hex_id(doc.get("trace_id"), 32)?,
-        span_id: hex_id(doc.get("span_id"), 16)?,
-        parent_id: parent_id(doc.get("parent_span_id")),
+        trace_id: hex_id(doc.get(k.trace), 32)?,
+        span_id: hex_id(doc.get(k.span), 16)?,
+        parent_id: parent_id(doc.get(k.parent)),
         name: doc
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned(),
-        service: doc
-            .get("resource")
-            .and_then(|r| r.get("service.name"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        start_ns: time_ns(doc.get("start_time_unix_nano"))?,
-        end_ns: time_ns(doc.get("end_time_unix_nano"))?,
+        service,
+        start_ns: time_ns(doc.get(k.start))?,
+        end_ns: time_ns(doc.get(k.end))?,
     })
+}
+
+fn own_span(doc: &Value) -> Option<CheckedSpan> {
+    let service = doc
+        .get("resource")
+        .and_then(|r| r.get("service.name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    span_of(doc, &OWN, service)
 }
 
 /// `service.name` among OTLP/JSON `KeyValue`s.
@@ -176,21 +206,7 @@ fn otlp_resource_spans(r: &Value, input: &mut Input) {
             continue;
         };
         for s in spans {
-            let span = (|| {
-                Some(CheckedSpan {
-                    trace_id: hex_id(s.get("traceId"), 32)?,
-                    span_id: hex_id(s.get("spanId"), 16)?,
-                    parent_id: parent_id(s.get("parentSpanId")),
-                    name: s
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                    service: service.clone(),
-                    start_ns: time_ns(s.get("startTimeUnixNano"))?,
-                    end_ns: time_ns(s.get("endTimeUnixNano"))?,
-                })
-            })();
+            let span = span_of(s, &OTLP, service.clone());
             match span {
                 Some(sp) => input.spans.push(sp),
                 None => input.skipped_spans += 1,

@@ -421,8 +421,8 @@ pub struct GoTls {
     /// Processes with a layout in the kernel.
     described: HashSet<u32>,
     counters: Arc<Counters>,
-    /// Why the Go programs could not be loaded, if they could not.
-    disabled: Option<String>,
+    /// The Go programs could not be loaded (the reason was logged then).
+    disabled: bool,
 }
 
 impl GoTls {
@@ -432,14 +432,14 @@ impl GoTls {
             not_visible: HashMap::new(),
             described: HashSet::new(),
             counters,
-            disabled: None,
+            disabled: false,
         }
     }
 
     /// The kernel refused the Go programs: Go executables then take the
     /// OpenSSL path, which finds no TLS symbols in them.
-    pub fn disable(&mut self, why: String) {
-        self.disabled = Some(why);
+    pub fn disable(&mut self) {
+        self.disabled = true;
     }
 
     /// Why the Go executable `key`'s TLS is not visible, if it is one.
@@ -459,7 +459,7 @@ impl GoTls {
         key: FileKey,
         exe: &Path,
     ) -> bool {
-        if self.disabled.is_some() {
+        if self.disabled {
             return false;
         }
         if !self.files.contains_key(&key) {

@@ -117,9 +117,11 @@ impl TlsProbes {
         // still gets OpenSSL capture, and says why Go TLS is missing.
         let mut go = GoTls::new(counters.clone());
         if let Err(e) = load_programs(ebpf, golang::PROGRAMS) {
-            let why = format!("{:#}", anyhow::Error::new(e));
-            tracing::warn!("Go TLS and goroutine capture unavailable: {why}");
-            go.disable(why);
+            tracing::warn!(
+                "Go TLS and goroutine capture unavailable: {:#}",
+                anyhow::Error::new(e)
+            );
+            go.disable();
         }
         Ok(Self {
             files: Registry::default(),
