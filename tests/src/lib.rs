@@ -20,6 +20,7 @@ pub mod golang;
 pub mod h2;
 pub mod kubeapi;
 pub mod otlp;
+pub mod prometheus;
 
 /// Integration tests need root to load BPF. Returns false (after saying
 /// why) when not root, so the caller can return early.
@@ -463,7 +464,8 @@ pub fn python_hop(name: &str, port: u16, next: u16, tls: Option<&(PathBuf, PathB
 
 /// A Python stdlib ThreadingHTTPServer fixture on 127.0.0.1:`port`.
 /// `/status/N` answers with status N; POST echoes the body length;
-/// `/chunked/N` answers with N bytes in chunked encoding.
+/// `/chunked/N` answers with N bytes in chunked encoding; `/sleep/MS`
+/// answers after MS milliseconds.
 pub const PY_SERVER: &str = r#"
 import sys, http.server, socketserver
 class H(http.server.BaseHTTPRequestHandler):
@@ -488,6 +490,10 @@ class H(http.server.BaseHTTPRequestHandler):
             self._send(int(parts[2]), b"status\n")
         elif len(parts) > 2 and parts[1] == "chunked":
             self._send(200, b"x" * int(parts[2]), chunked=True)
+        elif len(parts) > 2 and parts[1] == "sleep":
+            import time
+            time.sleep(int(parts[2]) / 1000)
+            self._send(200, b"slept\n")
         else:
             self._send(200, b"ok\n")
     def do_POST(self):

@@ -121,7 +121,10 @@ fn three_uninstrumented_services_form_one_trace() {
     if !require_root("three_uninstrumented_services_form_one_trace") {
         return;
     }
-    let mut agent = Agent::start(&["--inject-context", "on"]);
+    // always_on: every trace is exported whatever its sampled flag, so
+    // the flags can be checked as they went on the wire (case 3 sends
+    // X-B3-Sampled: 0).
+    let mut agent = Agent::start(&["--inject-context", "on", "--sampler", "always_on"]);
     let c_port = free_port();
     let (nginx_c, _dir) = nginx(c_port, "location /next/ { return 200 \"c\\n\"; }");
     let b_port = free_port();

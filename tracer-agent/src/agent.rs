@@ -46,6 +46,7 @@ use crate::{
         runtime::{running_multiplexed, RuntimeCache},
         HostView,
     },
+    metrics::{Exposition, Red, RedRecorder},
     pipeline::{filter::Filters, Pipeline, PipelineConfig},
     propagation::kernel_order,
     telemetry::{health, report, Gauges, Registry},
@@ -280,6 +281,11 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         otlp::config::resolve(&args, |k| std::env::var(k).ok()).map_err(AgentError::OtlpConfig)?;
     let service_names = ServiceNames::parse(&args.service_names).map_err(AgentError::Flags)?;
     let propagators = args.propagator_list().map_err(AgentError::Flags)?;
+    let sampler = args
+        .head_sampler()
+        .map_err(|e| AgentError::Flags(e.to_string()))?;
+    let tail = args.tail_config(&sampler);
+
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         tracing::warn!("not running as root: loading BPF programs will likely fail");
@@ -326,6 +332,15 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         ),
         None => None,
     };
+    // With both flags on one address, one server answers for both.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) if args.health_listen != Some(addr) => Some(
+            health::bind(addr)
+                .await
+                .map_err(io("binding --metrics-listen"))?,
+        ),
+        _ => None,
+    };
 
     // Injection's sockhash and cgroup programs need CAP_NET_ADMIN: without
     // it the agent traces, as on a kernel too old for injection, and says so
@@ -351,6 +366,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             tls: u32::from(args.tls == Switch::On),
             fork_child_pid_offset: loader::fork_child_pid_offset(),
             filter_cgroups,
+            ..sampler.kernel_config()
         },
         pids: args.pids.clone(),
         kernel_log_level: kernel_log_level(args.log_level),
@@ -427,7 +443,18 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let (counters, gauges) = (registry.counters.clone(), registry.gauges.clone());
 
     let health = health::Health::new();
-    let health_server = health_listener.map(|l| tokio::spawn(health::serve(l, health.clone())));
+    let red = args.metrics_listen.map(|_| Red::new());
+    let exposition = red
+        .as_ref()
+        .map(|red| Arc::new(Exposition::new(red, registry.clone())));
+    let servers: Vec<_> = [health_listener, metrics_listener]
+        .into_iter()
+        .flatten()
+        .map(|l| tokio::spawn(health::serve(l, health.clone(), exposition.clone())))
+        .collect();
+    if let Some(addr) = args.metrics_listen {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let pods = kube.as_ref().map(|_| Pods::new());
     let filter_sync = if let Some(root) = cgroup_root {
         let map = BpfHashMap::try_from(take_map(&mut ebpf, MAP_CGROUP_FILTER)?)
@@ -530,6 +557,9 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             inject_context: inject,
             pods,
             host_name: node,
+            red: red.map(|r| RedRecorder::new(r, args.metrics_max_series, counters.clone())),
+            sampler: sampler.clone(),
+            tail: tail.clone(),
         },
         Box::new(KernelMaps {
             conns,
@@ -563,6 +593,14 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             .map_err(|e| io("polling the ring buffer")(std::io::Error::other(e.to_string())))?
     };
     let mut drops = report::DropWatch::default();
+    tracing::info!(%sampler, keep_errors = tail.keep_errors,
+        keep_slower_than = ?tail.keep_slower_than, "head sampler");
+    if inject && sampler.has_routes() {
+        tracing::warn!(
+            "--sample-route rules do not apply to the HTTP/1 requests whose ids the kernel \
+             chooses (--inject-context on): those follow --sampler alone"
+        );
+    }
     tracing::info!(pid = std::process::id(), "tracer ready");
     health.set_ready(true);
 
@@ -620,7 +658,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
 
     tracing::info!("shutting down: detaching probes");
     health.set_ready(false);
-    for task in [watch, health_server].into_iter().flatten() {
+    for task in watch.into_iter().chain(servers) {
         task.abort();
     }
     drop(filter_sync);

@@ -3,7 +3,10 @@
 use clap::Parser;
 
 pub use crate::metadata::kubernetes::watch::Mode as KubeMode;
-use crate::propagation::Propagator;
+use crate::{
+    propagation::Propagator,
+    sampling::{tail, Sampler, SamplerError, TailConfig},
+};
 
 /// Largest `--record` file by default.
 pub const DEFAULT_RECORD_MAX_BYTES: u64 = 1 << 30;
@@ -256,6 +259,58 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", env = "TRACER_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
 
+    /// Serve Prometheus metrics at /metrics over HTTP on this address (the
+    /// RED histograms of traced services and the agent's tracer_* health),
+    /// with /healthz and /readyz beside them; off by default.
+    /// Example: --metrics-listen 0.0.0.0:9464
+    #[arg(long, value_name = "ADDR", env = "TRACER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Most label sets (series) per RED metric; further ones are folded
+    /// into one otel_metric_overflow="true" series and counted.
+    #[arg(long, default_value_t = crate::metrics::red::DEFAULT_MAX_SERIES,
+          env = "TRACER_METRICS_MAX_SERIES")]
+    pub metrics_max_series: usize,
+
+    /// Head sampler, by its OpenTelemetry name: always_on, always_off,
+    /// traceidratio, parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio. The parent-based ones follow the incoming
+    /// request's sampled flag. Example: --sampler parentbased_traceidratio
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "parentbased_always_on",
+        env = "OTEL_TRACES_SAMPLER"
+    )]
+    pub sampler: String,
+
+    /// The ratio of the ratio samplers (0..=1; default 1).
+    /// Example: --sampler-arg 0.1
+    #[arg(long, value_name = "RATIO", env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub sampler_arg: Option<String>,
+
+    /// Ratio for the traces that start at a route: ROUTE is a route
+    /// template, matched exactly or as a prefix ending at a '/'; the first
+    /// matching rule wins over --sampler for traces this node starts.
+    /// Repeatable. Example: --sample-route /api/payment=1 --sample-route /api/health=0.01
+    #[arg(
+        long = "sample-route",
+        value_name = "ROUTE=RATIO",
+        env = "TRACER_SAMPLE_ROUTE",
+        value_delimiter = ','
+    )]
+    pub sample_routes: Vec<String>,
+
+    /// Export a sampled-out trace anyway when one of its spans failed.
+    #[arg(long, value_enum, default_value_t = Switch::On, env = "TRACER_KEEP_ERRORS")]
+    pub keep_errors: Switch,
+
+    /// Export a sampled-out trace anyway when one of its spans took longer
+    /// than this. Example: --keep-slower-than 500ms
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          env = "TRACER_KEEP_SLOWER_THAN")]
+    pub keep_slower_than: Option<std::time::Duration>,
+
     /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
     #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]
     pub stats_interval: u64,
@@ -273,6 +328,22 @@ fn ring_size(s: &str) -> Result<u32, String> {
 impl Args {
     /// The propagators in precedence order (`custom` expands to every
     /// --trace-header name).
+    /// The head sampler of --sampler, --sampler-arg and --sample-route.
+    pub fn head_sampler(&self) -> Result<Sampler, SamplerError> {
+        Sampler::parse(&self.sampler, self.sampler_arg.as_deref())?.with_routes(&self.sample_routes)
+    }
+
+    /// What becomes of sampled-out traces.
+    pub fn tail_config(&self, sampler: &Sampler) -> TailConfig {
+        TailConfig {
+            keep_all: sampler.keeps_all(),
+            keep_errors: self.keep_errors == Switch::On,
+            keep_slower_than: self.keep_slower_than,
+            hold: tail::DEFAULT_HOLD,
+            max_held: tail::DEFAULT_MAX_HELD,
+        }
+    }
+
     pub fn propagator_list(&self) -> Result<Vec<Propagator>, String> {
         let mut out = Vec::new();
         for p in &self.propagators {
@@ -347,7 +418,7 @@ pub struct CheckArgs {
 
     /// Clock skew allowed between a parent and its child before it counts
     /// as a time inversion (hosts' clocks differ). Example: --tolerance 2ms
-    #[arg(long, default_value = "1ms", value_parser = parse_tolerance)]
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub tolerance: std::time::Duration,
 
     /// Print only the traces that are not complete, then the summary.
@@ -356,7 +427,7 @@ pub struct CheckArgs {
 }
 
 /// `250us`, `2ms`, `1s`, or a bare number of nanoseconds.
-fn parse_tolerance(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     use std::time::Duration;
     let t = s.trim();
     let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {

@@ -55,7 +55,24 @@ pub struct Config {
     /// [`CGROUP_FILTER_ALLOW`] (only listed cgroups are traced) or
     /// [`CGROUP_FILTER_DENY`] (listed cgroups are not traced).
     pub filter_cgroups: u32,
+    /// How the kernel decides the sampled flag of the ids it chooses
+    /// (`SAMPLE_*`): the agent's head sampler, reduced to what the kernel
+    /// can apply before a request leaves.
+    pub sample_mode: u32,
+    /// The TraceIdRatioBased bound (`ratio * 2^63`), high and low halves:
+    /// a trace is sampled when its id's last 8 bytes, big-endian, shifted
+    /// right by one, are below it.
+    pub sample_bound_hi: u32,
+    pub sample_bound_lo: u32,
 }
+
+/// The kernel leaves the sampled flag as it finds it (new traces: 1).
+pub const SAMPLE_OFF: u32 = 0;
+/// New traces (no incoming context) take the ratio test; an incoming
+/// sampled flag is followed (the parent-based samplers).
+pub const SAMPLE_ROOTS: u32 = 1;
+/// Every trace takes the ratio test, incoming flag or not.
+pub const SAMPLE_ALL: u32 = 2;
 
 /// No cgroup selection.
 pub const CGROUP_FILTER_OFF: u32 = 0;
@@ -64,7 +81,7 @@ pub const CGROUP_FILTER_ALLOW: u32 = 1;
 /// The cgroups listed are not traced (`--exclude-namespace` alone).
 pub const CGROUP_FILTER_DENY: u32 = 2;
 
-const _: () = assert!(core::mem::size_of::<Config>() == 36);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
 #[cfg(feature = "user")]
 mod user {

@@ -36,6 +36,11 @@ const APT_PEERS: &[(&str, &str)] = &[
     // The container image test (`cargo xtask image`, tests/tests/image.rs)
     // runs the image under a dockerd of its own.
     ("dockerd", "docker.io"),
+    // The metrics test (tests/tests/metrics.rs): a real Prometheus scrapes
+    // the agent, and promtool lints the exposition. The package's own
+    // service must not start (RUNLEVEL=1 below): the test runs its own.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
     // grpc-go sources (1.33) for the Go gRPC test service, built in
     // GOPATH mode: a path, not a binary.
     (

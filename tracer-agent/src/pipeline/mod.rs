@@ -10,7 +10,7 @@ pub mod filter;
 pub mod notices;
 pub mod replay;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use self::{
     filter::{Filters, KernelControl},
@@ -25,8 +25,10 @@ use crate::{
         resource::{host_name, Resources},
         HostView,
     },
+    metrics::RedRecorder,
     propagation::{header_names, Propagator},
     protocols::Record,
+    sampling::{LocalTraces, Sampler, TailConfig},
     spans::{clock::Clock, Span, SpanBuilder},
     telemetry::{Counters, Gauges},
     trace::TraceIds,
@@ -48,6 +50,13 @@ pub struct PipelineConfig {
     /// `host.name` of every span; the host's name when `None`. In a pod
     /// the UTS name is the pod's, so the agent passes the node's.
     pub host_name: Option<String>,
+    /// RED metrics of every span built (before sampling and the queues),
+    /// when `--metrics-listen` is on.
+    pub red: Option<RedRecorder>,
+    /// The head sampler, applied where ids are chosen.
+    pub sampler: Sampler,
+    /// What happens to the spans of sampled-out traces.
+    pub tail: TailConfig,
 }
 
 pub struct Pipeline {
@@ -61,6 +70,8 @@ pub struct Pipeline {
     inject_context: bool,
     kernel: Box<dyn KernelControl + Send>,
     builder: SpanBuilder,
+    red: Option<RedRecorder>,
+    tail: LocalTraces,
     clock: Clock,
     counters: Arc<Counters>,
     gauges: Arc<Gauges>,
@@ -84,7 +95,8 @@ impl Pipeline {
         let trace_names: Arc<[String]> = Arc::from(header_names(&cfg.propagators));
         Self {
             conns: ConnTable::new(cfg.max_conns, trace_names),
-            trace: TraceIds::new(cfg.propagators, counters.clone()),
+            trace: TraceIds::new(cfg.propagators, counters.clone()).with_sampler(cfg.sampler),
+            tail: LocalTraces::new(cfg.tail, counters.clone()),
             notices: Notices::default(),
             procs: ProcessCache::new(cfg.service_names, cfg.host),
             // Offline (replay) spans name no host: the recording's is unknown.
@@ -100,6 +112,7 @@ impl Pipeline {
             inject_context: cfg.inject_context,
             kernel,
             builder: SpanBuilder,
+            red: cfg.red,
             clock: Clock::new(),
             counters,
             gauges,
@@ -121,6 +134,7 @@ impl Pipeline {
         if self.done.is_empty() {
             return;
         }
+        let now = Instant::now();
         for mut r in std::mem::take(&mut self.done) {
             if let Some(stream) = r.stream {
                 self.trace.settle_go_stream(&r.conn, stream, &mut r.ids);
@@ -128,18 +142,32 @@ impl Pipeline {
             self.trace.on_completed(r.conn.role, r.task, r.ids.span_id);
             let process = self.procs.get_or_read(r.conn.tgid, "", &self.counters);
             let n = self.batch.len();
-            if self.sinks.iter().all(|s| s.room() <= n) {
+            let full = self.sinks.iter().all(|s| s.room() <= n);
+            if full && self.red.is_none() {
                 // Nobody could take it: don't even build it.
-                for sink in &self.sinks {
-                    sink.dropped.count(&self.counters, 1);
-                }
+                self.count_dropped();
                 continue;
             }
             let resource = self.resources.get(&process);
             let span = self
                 .builder
                 .build(r, (process, resource), &self.clock, &self.counters);
-            self.batch.push(span);
+            // Metrics count every request, whatever becomes of its span.
+            if let Some(red) = self.red.as_mut() {
+                red.observe(&span);
+            }
+            if full {
+                self.count_dropped();
+                continue;
+            }
+            self.tail.offer(span, now, &mut self.batch);
+        }
+    }
+
+    /// One span no sink had room for.
+    fn count_dropped(&self) {
+        for sink in &self.sinks {
+            sink.dropped.count(&self.counters, 1);
         }
     }
 
@@ -165,6 +193,8 @@ impl Pipeline {
     /// Periodic upkeep: clock drift, gauges.
     pub fn tick(&mut self) {
         self.clock.resync();
+        self.tail.expire(Instant::now(), &mut self.batch);
+        Gauges::set(&self.gauges.sampling_held, self.tail.held() as u64);
         Gauges::set(&self.gauges.conns, self.conns.len() as u64);
         Gauges::set(&self.gauges.processes, self.procs.len() as u64);
     }
@@ -173,6 +203,7 @@ impl Pipeline {
     pub fn drain(&mut self) {
         self.conns.drain(&mut self.done, &self.counters);
         self.emit_done();
+        self.tail.flush(&mut self.batch);
         self.flush();
     }
 }

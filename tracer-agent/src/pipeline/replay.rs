@@ -10,6 +10,7 @@ use crate::{
     export::sink::{DropCounter, Sink},
     metadata::{process::ServiceNames, HostView},
     propagation::Propagator,
+    sampling::{Sampler, TailConfig},
     spans::Span,
     telemetry::{Counters, Gauges},
 };
@@ -44,6 +45,10 @@ pub fn replay<'a>(
             inject_context: false,
             pods: None,
             host_name: None,
+            red: None,
+            // A replay shows every span the recording holds.
+            sampler: Sampler::parse("always_on", None).unwrap_or_default(),
+            tail: TailConfig::keep_all(),
         },
         Box::new(NoKernel::default()),
         counters.clone(),

@@ -116,8 +116,19 @@ registry! {
         h2_table_size_capped,
         /// Spans produced.
         spans,
+        /// Span observations folded into a metric's overflow series because
+        /// the metric reached --metrics-max-series label sets.
+        metrics_series_overflow,
         /// Spans dropped because the output queue was full.
         spans_dropped,
+        /// Spans not exported because their local trace was sampled out.
+        spans_sampled_out,
+        /// Spans of sampled-out traces exported anyway because a span of
+        /// the trace failed or was slow (--keep-errors, --keep-slower-than).
+        spans_kept_by_rule,
+        /// Held spans of sampled-out traces decided before their local root
+        /// ended, because the hold table was full.
+        sampling_hold_evicted,
         /// Trace-context headers present but invalid (ignored).
         invalid_trace_headers,
         /// CLIENT spans linked to the SERVER span their task was serving.
@@ -202,6 +213,9 @@ registry! {
         processes,
         /// Spans waiting in the OTLP export queue.
         otlp_queue,
+        /// Spans of sampled-out traces held until their local root ends
+        /// (for --keep-errors and --keep-slower-than).
+        sampling_held,
         /// Files (libraries, executables) carrying TLS uprobes.
         tls_files_probed,
         /// Kernel program attachments: tracepoints, uprobe links (one per

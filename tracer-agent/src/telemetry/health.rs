@@ -1,7 +1,8 @@
-//! The agent's HTTP endpoint for orchestrators (`--health-listen`):
-//! `/healthz` (liveness: the event loop is turning) and `/readyz`
-//! (readiness: the probes are attached and the loop is turning). The
-//! Kubernetes manifest points its probes here.
+//! The agent's HTTP endpoint for orchestrators (`--health-listen`,
+//! `--metrics-listen`): `/healthz` (liveness: the event loop is turning),
+//! `/readyz` (readiness: the probes are attached and the loop is turning)
+//! and, with metrics on, `/metrics` (Prometheus). The Kubernetes manifest
+//! points its probes and its scrape annotation here.
 //!
 //! It is reachable from the network, so it reads little: one request head
 //! of at most [`MAX_HEAD`] bytes per connection, within [`READ_TIMEOUT`],
@@ -16,6 +17,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::metrics::{Exposition, CLASSIC_CONTENT_TYPE, CONTENT_TYPE};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -85,7 +87,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Option<Arc<Exposition>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -98,17 +100,23 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             continue;
         };
         let health = health.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, one(stream, &health)).await;
+            let _ =
+                tokio::time::timeout(READ_TIMEOUT, one(stream, &health, metrics.as_deref())).await;
             drop(permit);
         });
     }
 }
 
-async fn one(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
+async fn one(
+    mut stream: TcpStream,
+    health: &Health,
+    metrics: Option<&Exposition>,
+) -> std::io::Result<()> {
     let mut buf = [0u8; MAX_HEAD];
     let mut len = 0;
-    let path = loop {
+    let (path, openmetrics) = loop {
         let n = stream.read(&mut buf[len..]).await?;
         if n == 0 {
             return Ok(());
@@ -117,7 +125,15 @@ async fn one(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_owned(),
+            Ok(httparse::Status::Complete(_)) => {
+                // Prometheus asks for OpenMetrics; anything else gets the
+                // classic text format.
+                let open = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("accept")
+                        && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
+                });
+                break (req.path.unwrap_or("/").to_owned(), open);
+            }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => {
                 let r =
@@ -126,12 +142,21 @@ async fn one(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
             }
         }
     };
-    let (status, body) = health.answer(&path);
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+    let bare = path.split('?').next().unwrap_or(&path);
+    let (status, content_type, body) = match metrics {
+        Some(m) if bare == "/metrics" && openmetrics => ("200 OK", CONTENT_TYPE, m.render()),
+        Some(m) if bare == "/metrics" => ("200 OK", CLASSIC_CONTENT_TYPE, m.render_classic()),
+        _ => {
+            let (status, body) = health.answer(&path);
+            (status, "text/plain", body.to_owned())
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(resp.as_bytes()).await
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await
 }
 
 #[cfg(test)]
@@ -159,7 +184,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let h = Health::new();
         h.set_ready(true);
-        let server = tokio::spawn(serve(listener, h));
+        let server = tokio::spawn(serve(listener, h, None));
         let ask = |req: &'static [u8]| async move {
             let mut s = TcpStream::connect(addr).await.expect("connect");
             s.write_all(req).await.expect("write");

@@ -4,6 +4,7 @@
 pub mod counters;
 pub mod health;
 pub mod report;
+pub mod usage;
 
 use std::sync::Arc;
 

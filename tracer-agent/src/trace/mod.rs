@@ -37,6 +37,7 @@ use self::{
 use crate::{
     metadata::conn::{ConnMeta, Role},
     propagation::{extract, HeaderLookup, Propagator, RemoteContext},
+    sampling::Sampler,
     telemetry::Counters,
 };
 
@@ -46,6 +47,9 @@ pub struct RequestStart<'a> {
     pub task: TaskId,
     /// The request's trace-context headers.
     pub headers: &'a dyn HeaderLookup,
+    /// The request target (path and query; empty when unknown): the head
+    /// sampler's route rules match its route template.
+    pub target: &'a str,
     /// Position among the requests that started in this syscall's bytes,
     /// when the bytes started at a message boundary (the kernel chose ids
     /// for exactly those).
@@ -77,6 +81,8 @@ pub struct TraceIds {
     event_conn: u64,
     /// Parent links that follow goroutines (Go programs).
     go: goroutine::GoLinks,
+    /// The head sampler (None: every trace is kept as its flags say).
+    sampler: Option<Sampler>,
     counters: Arc<Counters>,
 }
 
@@ -91,8 +97,34 @@ impl TraceIds {
             event_used: 0,
             event_conn: 0,
             go: goroutine::GoLinks::default(),
+            sampler: None,
             counters,
         }
+    }
+
+    /// Decides each local trace this node starts or continues with
+    /// `sampler` (written into the sampled flag). A sampler that keeps
+    /// everything is not consulted at all.
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = (!sampler.keeps_all()).then_some(sampler);
+        self
+    }
+
+    /// The head decision of a local root (a SERVER request, or a CLIENT
+    /// request with no parent) whose ids the agent chose. Ids the kernel
+    /// chose already went on the wire with their flags: those stand.
+    fn head_sample(&self, ids: &mut SpanIds, role: Role, remote: Option<bool>, target: &str) {
+        let Some(s) = &self.sampler else { return };
+        if role != Role::Server && ids.parent_span_id.is_some() {
+            return;
+        }
+        let route = if s.has_routes() && !target.is_empty() {
+            crate::spans::route::route_of(crate::spans::route::path_of(target))
+        } else {
+            String::new()
+        };
+        let keep = s.sample(&ids.trace_id, remote, &route);
+        ids.flags = (ids.flags & !1) | u8::from(keep);
     }
 
     /// A Go goroutine context met a connection; `conn_id` is the
@@ -394,12 +426,15 @@ impl ContextChooser for TraceIds {
                     .cloned()
             })
             .flatten();
+        let remote_sampled = remote.as_ref().map(|c| c.flags & 1 == 1);
         let ids = match self.kernel_ids(r.index_in_chunk) {
             Some(k) => self.kernel_chosen(k, remote, role, r.task, go_parent),
             None => {
                 let settles_later =
                     role == Role::Client && !r.conn.thread_tasks && r.stream.is_some();
-                self.agent_chosen(remote, role, r.task, go_parent, settles_later)
+                let mut ids = self.agent_chosen(remote, role, r.task, go_parent, settles_later);
+                self.head_sample(&mut ids, role, remote_sampled, r.target);
+                ids
             }
         };
         if role == Role::Server {
@@ -461,6 +496,7 @@ mod tests {
             conn: &c,
             task: TaskId::thread(1, tid),
             headers: h,
+            target: "/",
             index_in_chunk: index,
             stream: None,
         })
@@ -513,6 +549,7 @@ mod tests {
             conn: &server,
             task,
             headers: &none(),
+            target: "/",
             index_in_chunk: None,
             stream: None,
         });
@@ -524,6 +561,7 @@ mod tests {
             conn: &client,
             task,
             headers: &none(),
+            target: "/",
             index_in_chunk: None,
             stream: None,
         });
@@ -687,5 +725,39 @@ mod tests {
         req_at(&mut t, Role::Client, 10, 2, &none(), Some(0));
         t.end_data();
         assert_eq!(t.counters.kernel_ctx_unmatched.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_head_decision_is_taken_once_and_children_inherit_it() {
+        let sampler = Sampler::parse("parentbased_always_on", None)
+            .and_then(|s| s.with_routes(&["/health=0".into()]))
+            .expect("sampler");
+        let mut t = ids().with_sampler(sampler);
+        // An incoming sampled=0 parent is followed ...
+        let h = H(vec![(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into(),
+        )]);
+        let server = req(&mut t, Role::Server, 10, 3, &h);
+        assert_eq!(server.flags & 1, 0);
+        // ... and the CLIENT call it causes carries the same decision.
+        let client = req(&mut t, Role::Client, 10, 4, &none());
+        assert_eq!(client.parent_span_id, Some(server.span_id));
+        assert_eq!(client.flags & 1, 0);
+        t.on_completed(Role::Server, TaskId::thread(1, 10), server.span_id);
+        // A root at a 0-ratio route is dropped; elsewhere kept.
+        let c = conn(Role::Server, 5);
+        let mut at = |target: &str, tid| {
+            t.on_request(&RequestStart {
+                conn: &c,
+                task: TaskId::thread(1, tid),
+                headers: &none(),
+                target,
+                index_in_chunk: None,
+                stream: None,
+            })
+        };
+        assert_eq!(at("/health/live?x=1", 20).flags & 1, 0);
+        assert_eq!(at("/orders/42", 21).flags & 1, 1);
     }
 }

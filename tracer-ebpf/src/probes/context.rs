@@ -16,8 +16,8 @@ use aya_ebpf::{
 use tracer_common::{
     DataScratch, TraceCtxEvent, CTX_FROM_TRACEPARENT, CTX_NEW_TRACE, EVENT_SERVER_CTX,
     MAX_KERNEL_PROPAGATORS, PROPAGATOR_B3, PROPAGATOR_END, PROPAGATOR_JAEGER,
-    PROPAGATOR_TRACECONTEXT, STAT_SERVER_CTX, STAT_THREAD_LINK_OFF, STAT_TRACESTATE_TOO_LONG,
-    TAIL_SERVER_CTX, TRACESTATE_MAX,
+    PROPAGATOR_TRACECONTEXT, SAMPLE_ALL, SAMPLE_ROOTS, STAT_SERVER_CTX, STAT_THREAD_LINK_OFF,
+    STAT_TRACESTATE_TOO_LONG, TAIL_SERVER_CTX, TRACESTATE_MAX,
 };
 
 use super::{
@@ -32,6 +32,30 @@ use crate::{
         propagation::{parse_b3_multi, parse_b3_single, parse_jaeger, Ids},
     },
 };
+
+/// The head sampler's decision for ids the kernel chooses, so that what
+/// goes on the wire (the injected `traceparent`) is what the agent
+/// exports: the TraceIdRatioBased rule of `Config::sample_*`, the same
+/// test as the agent's `sampling::sampler::ratio_keeps`. `from_header`:
+/// the flags came with the request (the parent-based samplers follow
+/// them).
+#[inline(always)]
+pub fn head_sampled(trace_id: &[u8; 16], flags: u8, from_header: bool) -> u8 {
+    let cfg = config();
+    let test = match cfg.sample_mode {
+        SAMPLE_ROOTS => !from_header,
+        SAMPLE_ALL => true,
+        _ => false,
+    };
+    if !test {
+        return flags;
+    }
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    let value = u64::from_be_bytes(low) >> 1;
+    let bound = (u64::from(cfg.sample_bound_hi) << 32) | u64::from(cfg.sample_bound_lo);
+    (flags & !1) | u8::from(value < bound)
+}
 
 /// Random non-zero ids (`bpf_get_prandom_u32`).
 #[inline(always)]
@@ -151,6 +175,7 @@ fn choose_server_ctx(scratch: &mut DataScratch) {
     } else {
         ev.trace_id = random_trace_id();
     }
+    ev.flags = head_sampled(&ev.trace_id, ev.flags, from_header);
 
     // Another request still in progress on this thread (from another
     // connection) makes the thread ambiguous until it answers this one.

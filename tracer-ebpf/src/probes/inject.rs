@@ -31,7 +31,7 @@ use tracer_common::{
     STAT_INJECT_SKIP_UNSURE, TRACESTATE_MAX,
 };
 
-use super::context::{random_span_id, random_trace_id};
+use super::context::{head_sampled, random_span_id, random_trace_id};
 use crate::{
     classify::{classify, PEEK},
     emit::output_ctx,
@@ -357,7 +357,12 @@ fn inject(
                 }
             }
         }
-        _ => ev.trace_id = random_trace_id(),
+        // A request no SERVER span caused starts a trace: the head
+        // sampler decides it here, before it leaves.
+        _ => {
+            ev.trace_id = random_trace_id();
+            ev.flags = head_sampled(&ev.trace_id, 1, false);
+        }
     }
     write_traceparent(&mut sc.line, &ev);
 

@@ -135,6 +135,7 @@ impl Http1 {
                     conn: cx.conn,
                     task,
                     headers: &head.headers,
+                    target: &head.target,
                     index_in_chunk,
                     stream: None,
                 });

@@ -480,6 +480,7 @@ impl State {
             conn: cx.conn,
             task: chunk.task,
             headers: &fields,
+            target: fields.path.as_deref().unwrap_or(""),
             // The kernel chooses ids for HTTP/1 requests only.
             index_in_chunk: None,
             stream: Some(id),

@@ -1,0 +1,67 @@
+//! The agent's own health as `tracer_*` metrics, read from the counter
+//! registry at each scrape: agent counters as `tracer_<name>_total`,
+//! kernel counters as `tracer_kernel_<name>_total`, gauges as
+//! `tracer_<name>`, plus the agent's CPU time and resident memory.
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
+
+use crate::telemetry::{usage, Group, Registry, SampleKind};
+
+#[derive(Clone)]
+pub struct SelfMetrics {
+    pub registry: Registry,
+}
+
+impl std::fmt::Debug for SelfMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SelfMetrics")
+    }
+}
+
+impl Collector for SelfMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for s in self.registry.snapshot() {
+            // An unused kernel slot keeps its index, not its place here.
+            if s.group == Group::Kernel && s.name == "reserved" {
+                continue;
+            }
+            let name = match s.group {
+                Group::Agent => format!("tracer_{}", s.name),
+                Group::Kernel => format!("tracer_kernel_{}", s.name),
+            };
+            match s.kind {
+                SampleKind::Counter => {
+                    let c = ConstCounter::new(s.value);
+                    c.encode(encoder.encode_descriptor(&name, s.help, None, c.metric_type())?)?;
+                }
+                SampleKind::Gauge => {
+                    let g = ConstGauge::new(i64::try_from(s.value).unwrap_or(i64::MAX));
+                    g.encode(encoder.encode_descriptor(&name, s.help, None, g.metric_type())?)?;
+                }
+            }
+        }
+        if let Some(cpu) = usage::cpu_seconds() {
+            let c = ConstCounter::new(cpu);
+            c.encode(encoder.encode_descriptor(
+                "tracer_agent_cpu_seconds",
+                "CPU time (user and system) the agent has used, in seconds.",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        if let Some(rss) = usage::rss_bytes() {
+            let g = ConstGauge::new(i64::try_from(rss).unwrap_or(i64::MAX));
+            g.encode(encoder.encode_descriptor(
+                "tracer_agent_resident_memory_bytes",
+                "Resident memory of the agent, in bytes.",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
