@@ -159,9 +159,14 @@ fn manifests_render_and_validate_offline() {
         "spec.nodeName"
     );
     assert_eq!(
-        env(c, "TRACER_HEALTH_LISTEN").expect("health")["value"],
+        env(c, "TRACER_METRICS_LISTEN").expect("metrics")["value"],
         "0.0.0.0:9464"
     );
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9464");
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     for k in ["requests", "limits"] {

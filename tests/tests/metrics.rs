@@ -139,6 +139,13 @@ fn prometheus_sees_red_metrics_and_the_dashboard_queries_answer() {
     assert!(prom.value("tracer_agent_resident_memory_bytes") > 1e6);
     assert_eq!(prom.value("tracer_kernel_ringbuf_drops_total"), 0.0);
     assert!(prom.value("tracer_bpf_programs_attached") > 0.0);
+    // Every local trace went out whole: nginx's 11 slow requests each
+    // carry their upstream call inside them.
+    let integrity =
+        |r: &str| prom.value(&format!("tracer_trace_integrity_total{{result=\"{r}\"}}"));
+    assert!(integrity("complete") >= 38.0, "{}", integrity("complete"));
+    assert_eq!(integrity("broken"), 0.0);
+    assert_eq!(integrity("inverted"), 0.0);
 
     // Every query of every dashboard panel answers with data.
     let dash: Value = serde_json::from_str(

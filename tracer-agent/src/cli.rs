@@ -18,6 +18,8 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Json,
+    /// Each local trace as an indented waterfall, once its root has ended.
+    Tree,
     /// No local output (useful once OTLP export is configured).
     None,
 }

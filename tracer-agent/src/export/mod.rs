@@ -1,5 +1,6 @@
 //! Where spans go: a bounded [`sink`] per consumer, the local [`stdout`]
-//! output, and [`otlp`] export.
+//! output (lines, JSON, or [`tree`] waterfalls), and [`otlp`] export.
 pub mod otlp;
 pub mod sink;
 pub mod stdout;
+pub mod tree;

@@ -7,11 +7,13 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::{Duration, Instant},
 };
 
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+use super::tree::Waterfalls;
 pub use crate::cli::Format;
 use crate::{
     metadata::resource::{ResValue, Resource},
@@ -127,13 +129,30 @@ pub async fn run(
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
     let mut broken = false;
-    while let Some(batch) = rx.recv().await {
+    let mut trees = Waterfalls::default();
+    // Waterfalls are printed when due, batch or not.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+            _ = tick.tick(), if format == Format::Tree => {
+                if !broken {
+                    broken = trees.due(Instant::now(), &mut out).and_then(|()| out.flush()).is_err();
+                }
+                continue;
+            }
+        };
         let n = batch.len();
         if !broken && format != Format::None {
+            let now = Instant::now();
             for s in batch.iter() {
                 let r = match format {
                     Format::Text => write_text(&mut out, s),
                     Format::Json => writeln!(out, "{}", to_json(s)),
+                    Format::Tree => trees.offer(s.clone(), now, &mut out),
                     Format::None => Ok(()),
                 };
                 if r.is_err() {
@@ -141,10 +160,22 @@ pub async fn run(
                     broken = true;
                     break;
                 }
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    tracing::trace!(
+                        phase = "exported",
+                        sink = "stdout",
+                        trace_id = %hex(&s.ids.trace_id),
+                        span_id = %hex(&s.ids.span_id),
+                        "span written"
+                    );
+                }
             }
             let _ = out.flush();
         }
         queued.fetch_sub(n, Ordering::Relaxed);
+    }
+    if !broken {
+        let _ = trees.flush(&mut out);
     }
     let _ = out.flush();
 }

@@ -12,8 +12,11 @@
 //!   that loop.
 //!
 //! [`input`] reads the files (hostile: bad lines are counted, not fatal),
-//! [`verdict`] judges one trace, [`report`] prints the verdicts.
+//! [`verdict`] judges one trace, [`report`] prints the verdicts. [`live`]
+//! gives the agent's own exported local traces the same verdicts, as
+//! counters.
 pub mod input;
+pub mod live;
 pub mod report;
 pub mod verdict;
 

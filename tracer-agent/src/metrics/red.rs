@@ -345,6 +345,7 @@ pub(crate) mod tests {
             resource: Arc::new(Resource::of(&p, "h", None)),
             process: Arc::new(p),
             tid: 1,
+            link: crate::spans::LocalLink::None,
         }
     }
 

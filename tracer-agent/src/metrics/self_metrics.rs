@@ -24,9 +24,15 @@ impl std::fmt::Debug for SelfMetrics {
 
 impl Collector for SelfMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut integrity = Vec::with_capacity(3);
         for s in self.registry.snapshot() {
             // An unused kernel slot keeps its index, not its place here.
             if s.group == Group::Kernel && s.name == "reserved" {
+                continue;
+            }
+            // One family with a `result` label, below.
+            if let Some(result) = s.name.strip_prefix("trace_integrity_") {
+                integrity.push((result, s.value));
                 continue;
             }
             let name = match s.group {
@@ -42,6 +48,21 @@ impl Collector for SelfMetrics {
                     let g = ConstGauge::new(i64::try_from(s.value).unwrap_or(i64::MAX));
                     g.encode(encoder.encode_descriptor(&name, s.help, None, g.metric_type())?)?;
                 }
+            }
+        }
+        // The family's encoder borrows `encoder` until the block ends.
+        {
+            let mut family = encoder.encode_descriptor(
+                "tracer_trace_integrity",
+                "Local traces exported, by verdict: complete (200: whole), broken (409: \
+                 a linked child without its exported parent, or two roots on one thread), \
+                 inverted (422: a child outside its parent's time).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (result, value) in integrity {
+                let c = ConstCounter::new(value);
+                c.encode(family.encode_family(&[("result", result)])?)?;
             }
         }
         if let Some(cpu) = usage::cpu_seconds() {

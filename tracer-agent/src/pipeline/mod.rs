@@ -19,6 +19,8 @@ use self::{
 use crate::{
     conn::table::ConnTable,
     export::sink::Sink,
+    integrity::live::LiveIntegrity,
+    metadata::conn::Role,
     metadata::{
         kubernetes::Pods,
         process::{ProcessCache, ServiceNames},
@@ -29,7 +31,7 @@ use crate::{
     propagation::{header_names, Propagator},
     protocols::Record,
     sampling::{LocalTraces, Sampler, TailConfig},
-    spans::{clock::Clock, Span, SpanBuilder},
+    spans::{clock::Clock, hex, LocalLink, Span, SpanBuilder},
     telemetry::{Counters, Gauges},
     trace::TraceIds,
 };
@@ -72,6 +74,7 @@ pub struct Pipeline {
     builder: SpanBuilder,
     red: Option<RedRecorder>,
     tail: LocalTraces,
+    integrity: LiveIntegrity,
     clock: Clock,
     counters: Arc<Counters>,
     gauges: Arc<Gauges>,
@@ -97,6 +100,7 @@ impl Pipeline {
             conns: ConnTable::new(cfg.max_conns, trace_names),
             trace: TraceIds::new(cfg.propagators, counters.clone()).with_sampler(cfg.sampler),
             tail: LocalTraces::new(cfg.tail, counters.clone()),
+            integrity: LiveIntegrity::new(counters.clone()),
             notices: Notices::default(),
             procs: ProcessCache::new(cfg.service_names, cfg.host),
             // Offline (replay) spans name no host: the recording's is unknown.
@@ -139,6 +143,15 @@ impl Pipeline {
             if let Some(stream) = r.stream {
                 self.trace.settle_go_stream(&r.conn, stream, &mut r.ids);
             }
+            // Read before the SERVER side forgets what the task served.
+            let link = match r.conn.role {
+                Role::Client => match self.trace.client_link(r.task, r.ids.parent_span_id) {
+                    (true, _) => LocalLink::Parent,
+                    (false, true) => LocalLink::Ambiguous,
+                    (false, false) => LocalLink::None,
+                },
+                Role::Server => LocalLink::None,
+            };
             self.trace.on_completed(r.conn.role, r.task, r.ids.span_id);
             let process = self.procs.get_or_read(r.conn.tgid, "", &self.counters);
             let n = self.batch.len();
@@ -149,9 +162,21 @@ impl Pipeline {
                 continue;
             }
             let resource = self.resources.get(&process);
-            let span = self
+            let mut span = self
                 .builder
                 .build(r, (process, resource), &self.clock, &self.counters);
+            span.link = link;
+            if tracing::enabled!(tracing::Level::TRACE) {
+                tracing::trace!(
+                    phase = "response",
+                    trace_id = %hex(&span.ids.trace_id),
+                    span_id = %hex(&span.ids.span_id),
+                    kind = span.kind.as_str(),
+                    name = %span.name,
+                    duration_ns = span.duration_ns(),
+                    "response seen, span built"
+                );
+            }
             // Metrics count every request, whatever becomes of its span.
             if let Some(red) = self.red.as_mut() {
                 red.observe(&span);
@@ -181,6 +206,10 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
+        let now = Instant::now();
+        for s in &self.batch {
+            self.integrity.exported(s, now);
+        }
         let batch = Arc::new(std::mem::take(&mut self.batch));
         for sink in &self.sinks {
             if sink.offer(&batch, &self.counters) > 0 && !self.warned_queue {
@@ -194,6 +223,7 @@ impl Pipeline {
     pub fn tick(&mut self) {
         self.clock.resync();
         self.tail.expire(Instant::now(), &mut self.batch);
+        self.integrity.expire(Instant::now());
         Gauges::set(&self.gauges.sampling_held, self.tail.held() as u64);
         Gauges::set(&self.gauges.conns, self.conns.len() as u64);
         Gauges::set(&self.gauges.processes, self.procs.len() as u64);
@@ -205,5 +235,6 @@ impl Pipeline {
         self.emit_done();
         self.tail.flush(&mut self.batch);
         self.flush();
+        self.integrity.flush();
     }
 }

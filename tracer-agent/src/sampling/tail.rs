@@ -16,7 +16,7 @@ use std::{
 };
 
 use crate::{
-    spans::{AttrValue, Span, StatusCode},
+    spans::{hex, AttrValue, Span, StatusCode},
     telemetry::Counters,
 };
 
@@ -54,16 +54,11 @@ impl TailConfig {
     }
 }
 
-struct Held {
-    span: Span,
-    since: Instant,
-}
-
 /// The spans of dropped local traces, waiting for their local root.
 pub struct LocalTraces {
     cfg: TailConfig,
     /// By parent span id.
-    held: HashMap<[u8; 8], Vec<Held>>,
+    held: HashMap<[u8; 8], Vec<Span>>,
     /// Parent ids in arrival order (may name parents already released).
     order: VecDeque<([u8; 8], Instant)>,
     count: usize,
@@ -78,6 +73,19 @@ fn reason(cfg: &TailConfig, span: &Span) -> Option<&'static str> {
     match cfg.keep_slower_than {
         Some(t) if span.duration_ns() > t.as_nanos() as u64 => Some("slow"),
         _ => None,
+    }
+}
+
+/// The `--log-level trace` line of a span's sampling decision.
+fn lifecycle(span: &Span, phase: &'static str, by: &'static str) {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        tracing::trace!(
+            phase,
+            by,
+            trace_id = %hex(&span.ids.trace_id),
+            span_id = %hex(&span.ids.span_id),
+            "sampling decision"
+        );
     }
 }
 
@@ -100,10 +108,12 @@ impl LocalTraces {
     /// Takes one completed span; what is to be exported goes to `out`.
     pub fn offer(&mut self, span: Span, now: Instant, out: &mut Vec<Span>) {
         if self.cfg.keep_all || span.ids.flags & 1 == 1 {
+            lifecycle(&span, "sampled", "head");
             out.push(span);
             return;
         }
         if !self.cfg.active() {
+            lifecycle(&span, "dropped", "head");
             Counters::inc(&self.counters.spans_sampled_out);
             return;
         }
@@ -115,10 +125,7 @@ impl LocalTraces {
                     Counters::inc(&self.counters.sampling_hold_evicted);
                     self.expire_oldest(out);
                 }
-                self.held
-                    .entry(parent)
-                    .or_default()
-                    .push(Held { span, since: now });
+                self.held.entry(parent).or_default().push(span);
                 self.order.push_back((parent, now));
                 self.count += 1;
             }
@@ -126,12 +133,8 @@ impl LocalTraces {
                 let children = self.held.remove(&span.ids.span_id).unwrap_or_default();
                 self.count -= children.len();
                 let why = reason(&self.cfg, &span)
-                    .or_else(|| children.iter().find_map(|h| reason(&self.cfg, &h.span)));
-                self.decide(
-                    std::iter::once(span).chain(children.into_iter().map(|h| h.span)),
-                    why,
-                    out,
-                );
+                    .or_else(|| children.iter().find_map(|c| reason(&self.cfg, c)));
+                self.decide(std::iter::once(span).chain(children), why, out);
             }
         }
     }
@@ -164,10 +167,9 @@ impl LocalTraces {
         };
         // Later arrivals of the same parent are decided with this group;
         // their order entries find nothing.
-        let _ = group.first().map(|h| h.since);
         self.count -= group.len();
-        let why = group.iter().find_map(|h| reason(&self.cfg, &h.span));
-        self.decide(group.into_iter().map(|h| h.span), why, out);
+        let why = group.iter().find_map(|s| reason(&self.cfg, s));
+        self.decide(group.into_iter(), why, out);
     }
 
     fn decide(
@@ -179,6 +181,7 @@ impl LocalTraces {
         match why {
             Some(why) => {
                 for mut s in spans {
+                    lifecycle(&s, "sampled", why);
                     Counters::inc(&self.counters.spans_kept_by_rule);
                     s.attributes
                         .push(("tracer.sampling.kept_by", AttrValue::Static(why)));
@@ -186,7 +189,11 @@ impl LocalTraces {
                 }
             }
             None => {
-                let n = spans.count() as u64;
+                let mut n = 0;
+                for s in spans {
+                    lifecycle(&s, "dropped", "head");
+                    n += 1;
+                }
                 Counters::add(&self.counters.spans_sampled_out, n);
             }
         }

@@ -57,6 +57,7 @@ impl SpanBuilder {
             process,
             resource,
             tid: r.task.tid(),
+            link: crate::spans::LocalLink::None,
         }
     }
 }

@@ -74,6 +74,22 @@ pub struct Span {
     /// Where the span comes from: service, process, host, pod.
     pub resource: Arc<Resource>,
     pub tid: u32,
+    /// How a CLIENT span relates to what its thread was serving, for the
+    /// trace-integrity checks.
+    pub link: LocalLink,
+}
+
+/// A CLIENT span's in-process relation to a SERVER span on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalLink {
+    /// None known (a SERVER span, a Go span, an application's context).
+    None,
+    /// Its parent is the SERVER span its thread was serving: that parent
+    /// is expected to be exported too.
+    Parent,
+    /// A root made while its thread was serving a request: a second root
+    /// on one thread, so a broken chain.
+    Ambiguous,
 }
 
 impl Span {

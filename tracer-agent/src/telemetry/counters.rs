@@ -155,6 +155,14 @@ registry! {
         go_tls_not_visible,
         /// CLIENT spans whose linked SERVER parent was never exported.
         orphan_spans,
+        /// Local traces exported whole (verdict 200).
+        trace_integrity_complete,
+        /// Local traces exported with a broken chain (verdict 409): a
+        /// linked child without its parent, or two roots on one thread.
+        trace_integrity_broken,
+        /// Local traces exported with a child outside its parent's time
+        /// (verdict 422).
+        trace_integrity_inverted,
         /// Times the active-server table hit its bound and was reset.
         link_table_resets,
         /// Kernel-chosen contexts (server or injected) that matched no request

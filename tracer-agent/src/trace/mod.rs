@@ -220,6 +220,16 @@ impl TraceIds {
     }
 
     /// A request/response pair completed: a SERVER span frees its task.
+    /// How a completed CLIENT request relates to what its task serves:
+    /// (its parent is a SERVER span the task is serving, the task serves
+    /// something and the request is a root anyway).
+    pub fn client_link(&self, task: TaskId, parent: Option<[u8; 8]>) -> (bool, bool) {
+        match parent {
+            Some(p) => (self.parents.serves(task, p), false),
+            None => (false, self.parents.serving(task) > 0),
+        }
+    }
+
     pub fn on_completed(&mut self, role: Role, task: TaskId, span_id: [u8; 8]) {
         if role == Role::Server {
             self.parents.server_done(task, span_id);
@@ -427,7 +437,20 @@ impl ContextChooser for TraceIds {
             })
             .flatten();
         let remote_sampled = remote.as_ref().map(|c| c.flags & 1 == 1);
-        let ids = match self.kernel_ids(r.index_in_chunk) {
+        let kernel = self.kernel_ids(r.index_in_chunk);
+        let by_kernel = kernel.is_some();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(
+                phase = "request",
+                conn = r.conn.conn_id,
+                pid = r.conn.tgid,
+                role = ?role,
+                target = %crate::spans::route::path_of(r.target),
+                remote_sampled = ?remote_sampled,
+                "request seen"
+            );
+        }
+        let ids = match kernel {
             Some(k) => self.kernel_chosen(k, remote, role, r.task, go_parent),
             None => {
                 let settles_later =
@@ -437,6 +460,18 @@ impl ContextChooser for TraceIds {
                 ids
             }
         };
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(
+                phase = "ids",
+                conn = r.conn.conn_id,
+                trace_id = %crate::spans::hex(&ids.trace_id),
+                span_id = %crate::spans::hex(&ids.span_id),
+                parent = %ids.parent_span_id.map_or_else(|| "-".to_owned(), |p| crate::spans::hex(&p)),
+                sampled = ids.flags & 1 == 1,
+                chosen_by = if by_kernel { "kernel" } else { "agent" },
+                "ids chosen"
+            );
+        }
         if role == Role::Server {
             self.parents
                 .start_server(r.task, r.conn.conn_id, &ids, &self.counters);

@@ -80,6 +80,18 @@ impl Parents {
         }
     }
 
+    /// SERVER spans `task` is serving now.
+    pub fn serving(&self, task: TaskId) -> usize {
+        self.active.get(&task).map_or(0, Vec::len)
+    }
+
+    /// Whether `task` is serving the SERVER span `span_id`.
+    pub fn serves(&self, task: TaskId, span_id: [u8; 8]) -> bool {
+        self.active
+            .get(&task)
+            .is_some_and(|l| l.iter().any(|a| a.ids.span_id == span_id))
+    }
+
     /// `tracestate` of the SERVER span `parent` that `task` serves.
     pub fn tracestate(&self, task: TaskId, parent: [u8; 8]) -> Option<String> {
         self.active

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     metadata::resource::Resource as SpanResource,
-    spans::{AttrValue, Span, SpanKind as OurKind, StatusCode},
+    spans::{hex, AttrValue, Span, SpanKind as OurKind, StatusCode},
     telemetry::Counters,
 };
 
@@ -280,7 +280,20 @@ impl Exporter {
             self.exporter.set_resource(&entry.1);
             let count = group.len() as u64;
             let data: Vec<SpanData> = group.iter().map(|s| to_span_data(s, &self.scope)).collect();
-            match self.exporter.export(data).await {
+            let result = self.exporter.export(data).await;
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let phase = if result.is_ok() { "exported" } else { "failed" };
+                for s in group.iter() {
+                    tracing::trace!(
+                        phase,
+                        sink = "otlp",
+                        trace_id = %hex(&s.ids.trace_id),
+                        span_id = %hex(&s.ids.span_id),
+                        "span export"
+                    );
+                }
+            }
+            match result {
                 Ok(()) => {
                     Counters::add(&self.counters.otlp_exported, count);
                 }
@@ -391,6 +404,7 @@ mod tests {
                 None,
             )),
             tid: 1,
+            link: crate::spans::LocalLink::None,
         };
         let scope = InstrumentationScope::builder("tracer").build();
         let d = to_span_data(&span, &scope);
