@@ -28,7 +28,16 @@ fn connection_churn_stays_bounded_and_exact() {
     }
     // 100k short connections (one request each) through a table capped at
     // 1024: eviction and closes keep both tables within their caps.
-    let agent = Agent::start(&["--max-connections", "1024", "--span-queue", "1024"]);
+    // Degradation off: this test wants every request followed under the
+    // churn (degradation would shed connections; tests/degradation.rs).
+    let agent = Agent::start(&[
+        "--max-connections",
+        "1024",
+        "--span-queue",
+        "1024",
+        "--degradation",
+        "off",
+    ]);
     let port = free_port();
     let (_nginx, _dir) = nginx(port, "location /churn/ { return 200 \"c\\n\"; }");
     let url = format!("http://127.0.0.1:{port}/churn/x");
@@ -76,7 +85,9 @@ fn process_storm_keeps_caches_and_uprobes_bounded() {
     if !require_root("process_storm_keeps_caches_and_uprobes_bounded") {
         return;
     }
-    let mut agent = Agent::start(&[]);
+    // Degradation off: the storm starves the agent of CPU on purpose, and
+    // the requests after it must be traced in full.
+    let mut agent = Agent::start(&["--degradation", "off"]);
     let port = free_port();
     let (_nginx, _dir) = nginx(port, "location /storm/ { return 200 \"s\\n\"; }");
     // A private libssl copy (another inode): every process that maps it

@@ -413,7 +413,15 @@ fn ring_buffer_overflow_is_counted_and_never_mispairs() {
     // The smallest ring the kernel takes, under two saturating loads with
     // different answers: events are lost, but a span never pairs a
     // request with another request's response.
-    let mut agent = Agent::start(&["--ring-buffer-bytes", "4096", "--stats-interval", "1"]);
+    // Degradation off: the drops are the point here (it would shed).
+    let mut agent = Agent::start(&[
+        "--ring-buffer-bytes",
+        "4096",
+        "--stats-interval",
+        "1",
+        "--degradation",
+        "off",
+    ]);
     let port = free_port();
     let (_nginx, _dir) = nginx(
         port,

@@ -30,6 +30,7 @@ use crate::{
         ring, BpfError,
     },
     cli::{Args, Switch},
+    degradation::Degrader,
     export::{
         otlp::{self, config::ConfigError, exporter::ExportSetupError},
         sink::{DropCounter, Sink},
@@ -430,6 +431,11 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         }
     }
     forward_kernel_logs(&mut ebpf)?;
+    // What the kernel runs with now; degradation rewrites its sampling part.
+    let base_kernel_cfg = Config {
+        inject_context: u32::from(inject),
+        ..opts.config
+    };
 
     let ring_map = take_map(&mut ebpf, MAP_EVENTS)?;
     let mut ring = RingBuf::try_from(ring_map)
@@ -593,6 +599,10 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             .map_err(|e| io("polling the ring buffer")(std::io::Error::other(e.to_string())))?
     };
     let mut drops = report::DropWatch::default();
+    let mut degrade = args
+        .degradation_limits()
+        .map(|limits| Degrader::new(limits, sampler.clone(), base_kernel_cfg, &registry));
+    let mut degrade_tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(%sampler, keep_errors = tail.keep_errors,
         keep_slower_than = ?tail.keep_slower_than, "head sampler");
     if inject && sampler.has_routes() {
@@ -649,6 +659,11 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
                          (raise --ring-buffer-bytes or lower --max-capture-bytes)",
                         args.stats_interval
                     );
+                }
+            }
+            _ = degrade_tick.tick(), if degrade.is_some() => {
+                if let Some(d) = degrade.as_mut() {
+                    d.step(&registry, &mut pipeline, &mut ebpf);
                 }
             }
             _ = sigint.recv() => break,

@@ -313,6 +313,38 @@ pub struct Args {
           env = "TRACER_KEEP_SLOWER_THAN")]
     pub keep_slower_than: Option<std::time::Duration>,
 
+    /// Automatic degradation: back off (sample less, then follow fewer
+    /// connections in the kernel) when the agent costs too much.
+    #[arg(long, value_enum, default_value_t = Switch::On, env = "TRACER_DEGRADATION")]
+    pub degradation: Switch,
+
+    /// Agent CPU, in cores, above which the agent degrades one level
+    /// (0: no CPU trigger). Example: --max-cpu 0.5
+    #[arg(
+        long,
+        value_name = "CORES",
+        default_value_t = 1.0,
+        env = "TRACER_MAX_CPU"
+    )]
+    pub max_cpu: f64,
+
+    /// Agent resident memory above which it degrades (e.g. 512MiB, 1GiB;
+    /// 0: no memory trigger).
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes,
+          env = "TRACER_MAX_MEMORY")]
+    pub max_memory: u64,
+
+    /// Time without a trigger before the agent recovers one level.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration,
+          env = "TRACER_DEGRADE_COOLDOWN")]
+    pub degrade_cooldown: std::time::Duration,
+
+    /// Highest degradation level (1: head sampling at 50% only; 2: 10% of
+    /// connections followed; 3: 1%).
+    #[arg(long, value_name = "LEVEL", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(0..=3), env = "TRACER_MAX_DEGRADATION_LEVEL")]
+    pub max_degradation_level: u8,
+
     /// Seconds between self-metric log lines (at debug level). Example: --stats-interval 5
     #[arg(long, default_value_t = 10, env = "TRACER_STATS_INTERVAL")]
     pub stats_interval: u64,
@@ -330,6 +362,16 @@ fn ring_size(s: &str) -> Result<u32, String> {
 impl Args {
     /// The propagators in precedence order (`custom` expands to every
     /// --trace-header name).
+    /// The degradation limits, or None when --degradation is off.
+    pub fn degradation_limits(&self) -> Option<crate::degradation::Limits> {
+        (self.degradation == Switch::On).then(|| crate::degradation::Limits {
+            max_cpu: self.max_cpu.max(0.0),
+            max_memory: self.max_memory,
+            cooldown: self.degrade_cooldown,
+            max_level: crate::degradation::Level(self.max_degradation_level),
+        })
+    }
+
     /// The head sampler of --sampler, --sampler-arg and --sample-route.
     pub fn head_sampler(&self) -> Result<Sampler, SamplerError> {
         Sampler::parse(&self.sampler, self.sampler_arg.as_deref())?.with_routes(&self.sample_routes)
@@ -426,6 +468,25 @@ pub struct CheckArgs {
     /// Print only the traces that are not complete, then the summary.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `1073741824`, `512MiB`, `1GiB` (also `KiB`, `Mi`, `Gi`).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        _ => return Err(format!("{s:?}: unit must be B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `250us`, `2ms`, `1s`, or a bare number of nanoseconds.

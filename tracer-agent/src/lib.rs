@@ -21,6 +21,7 @@ pub mod agent;
 pub mod bpf;
 pub mod cli;
 pub mod conn;
+pub mod degradation;
 pub mod export;
 pub mod golang;
 pub mod integrity;

@@ -64,6 +64,16 @@ pub struct Config {
     /// right by one, are below it.
     pub sample_bound_hi: u32,
     pub sample_bound_lo: u32,
+    /// The degradation level's ceiling on every trace's ratio (same rule
+    /// and halves as `sample_bound_*`); applied when non-zero in
+    /// `cap_on`. Incoming sampled flags are capped too.
+    pub cap_on: u32,
+    pub cap_bound_hi: u32,
+    pub cap_bound_lo: u32,
+    /// Degradation: connections whose mixed id falls below this are not
+    /// copied at all (0: every connection is followed), so a share of
+    /// the traffic costs the kernel and the agent nothing.
+    pub shed_bound: u32,
 }
 
 /// The kernel leaves the sampled flag as it finds it (new traces: 1).
@@ -81,7 +91,7 @@ pub const CGROUP_FILTER_ALLOW: u32 = 1;
 /// The cgroups listed are not traced (`--exclude-namespace` alone).
 pub const CGROUP_FILTER_DENY: u32 = 2;
 
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
 
 #[cfg(feature = "user")]
 mod user {

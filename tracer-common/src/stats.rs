@@ -7,8 +7,9 @@ pub const STAT_RINGBUF_DROPS: u32 = 0;
 pub const STAT_INFLIGHT_COLLISIONS: u32 = 1;
 /// A new connection could not be stored (map update failed).
 pub const STAT_CONN_INSERT_FAILED: u32 = 2;
-/// Unused slot (kept so indices stay stable; the agent counts events).
-pub const STAT_RESERVED: u32 = 3;
+/// Data events not copied because their connection is shed by the
+/// degradation level (`Config::shed_bound`).
+pub const STAT_SHED: u32 = 3;
 /// Syscalls whose payload was longer than the capture cap.
 pub const STAT_TRUNCATED: u32 = 4;
 /// Connections classified as HTTP/1 or HTTP/2.
@@ -90,7 +91,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "ringbuf_drops",
     "inflight_collisions",
     "conn_insert_failed",
-    "reserved",
+    "shed_events",
     "truncated_syscalls",
     "conns_http",
     "conns_ignored",
@@ -123,7 +124,7 @@ pub const STAT_HELP: [&str; STAT_COUNT as usize] = [
     "Events not written because the ring buffer was full",
     "Saved syscall arguments overwritten by a thread sharing the in-flight slot",
     "New connections that could not be stored in the connection map",
-    "Unused slot",
+    "Data events not copied because the degradation level sheds their connection",
     "Syscalls whose payload was longer than the capture cap",
     "Connections classified as HTTP/1 or HTTP/2",
     "Connections classified as something else and no longer copied",

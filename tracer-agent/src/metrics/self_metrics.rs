@@ -26,10 +26,6 @@ impl Collector for SelfMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut integrity = Vec::with_capacity(3);
         for s in self.registry.snapshot() {
-            // An unused kernel slot keeps its index, not its place here.
-            if s.group == Group::Kernel && s.name == "reserved" {
-                continue;
-            }
             // One family with a `result` label, below.
             if let Some(result) = s.name.strip_prefix("trace_integrity_") {
                 integrity.push((result, s.value));

@@ -74,6 +74,8 @@ pub struct Pipeline {
     builder: SpanBuilder,
     red: Option<RedRecorder>,
     tail: LocalTraces,
+    /// The configured sampler keeps every trace (before degradation).
+    keeps_all: bool,
     integrity: LiveIntegrity,
     clock: Clock,
     counters: Arc<Counters>,
@@ -98,6 +100,7 @@ impl Pipeline {
         let trace_names: Arc<[String]> = Arc::from(header_names(&cfg.propagators));
         Self {
             conns: ConnTable::new(cfg.max_conns, trace_names),
+            keeps_all: cfg.sampler.keeps_all(),
             trace: TraceIds::new(cfg.propagators, counters.clone()).with_sampler(cfg.sampler),
             tail: LocalTraces::new(cfg.tail, counters.clone()),
             integrity: LiveIntegrity::new(counters.clone()),
@@ -194,6 +197,13 @@ impl Pipeline {
         for sink in &self.sinks {
             sink.dropped.count(&self.counters, 1);
         }
+    }
+
+    /// The degradation level's ceiling on every trace's head ratio (1: the
+    /// configured sampling).
+    pub fn set_sampling_cap(&mut self, cap: f64) {
+        self.trace.set_sampling_cap(cap);
+        self.tail.set_keep_all(self.keeps_all && cap >= 1.0);
     }
 
     /// Spans built and not yet handed to the sinks.

@@ -41,6 +41,9 @@ pub struct Sampler {
     /// `ROUTE=RATIO` rules, first match wins; they replace `root` for the
     /// requests they match.
     pub routes: Vec<RouteRule>,
+    /// The degradation level's ceiling (1: none): a trace is kept only if
+    /// it also passes the ratio test at this ratio, incoming flag or not.
+    pub cap: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +59,7 @@ impl Default for Sampler {
             parent_based: true,
             root: RootRule::AlwaysOn,
             routes: Vec::new(),
+            cap: 1.0,
         }
     }
 }
@@ -85,6 +89,7 @@ impl Sampler {
             parent_based,
             root,
             routes: Vec::new(),
+            cap: 1.0,
         })
     }
 
@@ -107,7 +112,8 @@ impl Sampler {
 
     /// Whether this sampler keeps every trace (no decision to make).
     pub fn keeps_all(&self) -> bool {
-        !self.parent_based
+        self.cap >= 1.0
+            && !self.parent_based
             && self.root == RootRule::AlwaysOn
             && self.routes.iter().all(|r| r.ratio >= 1.0)
     }
@@ -121,6 +127,10 @@ impl Sampler {
     /// parent's sampled flag (None for a trace this node starts), `route`
     /// the request's route template (empty when unknown).
     pub fn sample(&self, trace_id: &[u8; 16], remote: Option<bool>, route: &str) -> bool {
+        self.decide(trace_id, remote, route) && ratio_keeps(trace_id, self.cap)
+    }
+
+    fn decide(&self, trace_id: &[u8; 16], remote: Option<bool>, route: &str) -> bool {
         if self.parent_based {
             if let Some(sampled) = remote {
                 return sampled;
@@ -148,15 +158,23 @@ impl Sampler {
             RootRule::AlwaysOff => 0,
             RootRule::Ratio(r) => ratio_bound(r),
         };
-        let mode = match (self.keeps_all(), self.parent_based) {
+        let uncapped = Sampler {
+            cap: 1.0,
+            ..self.clone()
+        };
+        let mode = match (uncapped.keeps_all(), self.parent_based) {
             (true, _) => tracer_common::SAMPLE_OFF,
             (false, true) => tracer_common::SAMPLE_ROOTS,
             (false, false) => tracer_common::SAMPLE_ALL,
         };
+        let cap = ratio_bound(self.cap);
         tracer_common::Config {
             sample_mode: mode,
             sample_bound_hi: (bound >> 32) as u32,
             sample_bound_lo: bound as u32,
+            cap_on: u32::from(self.cap < 1.0),
+            cap_bound_hi: (cap >> 32) as u32,
+            cap_bound_lo: cap as u32,
             ..Default::default()
         }
     }

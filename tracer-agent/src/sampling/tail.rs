@@ -100,6 +100,12 @@ impl LocalTraces {
         }
     }
 
+    /// Whether every span passes whatever its flags (the head sampler
+    /// keeps all, and no degradation caps it).
+    pub fn set_keep_all(&mut self, keep_all: bool) {
+        self.cfg.keep_all = keep_all;
+    }
+
     /// Spans waiting now.
     pub fn held(&self) -> usize {
         self.count

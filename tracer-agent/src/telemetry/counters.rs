@@ -233,6 +233,8 @@ registry! {
         k8s_pods,
         /// Cgroups listed in the kernel's Kubernetes selection filter.
         k8s_cgroups_filtered,
+        /// The automatic degradation level: 0 (configured sampling) to 3.
+        degradation_level,
     }
 }
 

@@ -81,8 +81,8 @@ pub struct TraceIds {
     event_conn: u64,
     /// Parent links that follow goroutines (Go programs).
     go: goroutine::GoLinks,
-    /// The head sampler (None: every trace is kept as its flags say).
-    sampler: Option<Sampler>,
+    /// The head sampler; not consulted while it keeps every trace.
+    sampler: Sampler,
     counters: Arc<Counters>,
 }
 
@@ -97,7 +97,7 @@ impl TraceIds {
             event_used: 0,
             event_conn: 0,
             go: goroutine::GoLinks::default(),
-            sampler: None,
+            sampler: Sampler::parse("always_on", None).unwrap_or_default(),
             counters,
         }
     }
@@ -106,16 +106,21 @@ impl TraceIds {
     /// `sampler` (written into the sampled flag). A sampler that keeps
     /// everything is not consulted at all.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
-        self.sampler = (!sampler.keeps_all()).then_some(sampler);
+        self.sampler = sampler;
         self
+    }
+
+    /// The degradation level's ceiling on every trace's ratio (1: none).
+    pub fn set_sampling_cap(&mut self, cap: f64) {
+        self.sampler.cap = cap;
     }
 
     /// The head decision of a local root (a SERVER request, or a CLIENT
     /// request with no parent) whose ids the agent chose. Ids the kernel
     /// chose already went on the wire with their flags: those stand.
     fn head_sample(&self, ids: &mut SpanIds, role: Role, remote: Option<bool>, target: &str) {
-        let Some(s) = &self.sampler else { return };
-        if role != Role::Server && ids.parent_span_id.is_some() {
+        let s = &self.sampler;
+        if s.keeps_all() || role != Role::Server && ids.parent_span_id.is_some() {
             return;
         }
         let route = if s.has_routes() && !target.is_empty() {

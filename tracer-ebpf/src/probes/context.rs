@@ -42,19 +42,23 @@ use crate::{
 #[inline(always)]
 pub fn head_sampled(trace_id: &[u8; 16], flags: u8, from_header: bool) -> u8 {
     let cfg = config();
-    let test = match cfg.sample_mode {
-        SAMPLE_ROOTS => !from_header,
-        SAMPLE_ALL => true,
-        _ => false,
-    };
-    if !test {
+    if cfg.sample_mode != SAMPLE_ROOTS && cfg.sample_mode != SAMPLE_ALL && cfg.cap_on == 0 {
         return flags;
     }
     let mut low = [0u8; 8];
     low.copy_from_slice(&trace_id[8..]);
     let value = u64::from_be_bytes(low) >> 1;
     let bound = (u64::from(cfg.sample_bound_hi) << 32) | u64::from(cfg.sample_bound_lo);
-    (flags & !1) | u8::from(value < bound)
+    let cap = (u64::from(cfg.cap_bound_hi) << 32) | u64::from(cfg.cap_bound_lo);
+    let capped = cfg.cap_on == 0 || value < cap;
+    let keep = match cfg.sample_mode {
+        // Parent-based: an incoming flag is followed (under the cap).
+        SAMPLE_ROOTS if from_header => flags & 1 == 1 && capped,
+        SAMPLE_ROOTS | SAMPLE_ALL => value < bound && capped,
+        // No sampler of its own: the flag as found, under the cap.
+        _ => flags & 1 == 1 && capped,
+    };
+    (flags & !1) | u8::from(keep)
 }
 
 /// Random non-zero ids (`bpf_get_prandom_u32`).

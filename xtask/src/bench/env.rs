@@ -240,6 +240,8 @@ pub(super) fn start_agent(bin: &Path, nice: i32, inject: bool) -> anyhow::Result
         .arg(bin)
         .args(["--output", "text", "--log-level", "info"])
         .args(["--inject-context", if inject { "on" } else { "off" }])
+        // The bench measures full tracing: degradation would shed load.
+        .args(["--degradation", "off"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
