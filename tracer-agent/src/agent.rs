@@ -602,7 +602,12 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let mut degrade = args
         .degradation_limits()
         .map(|limits| Degrader::new(limits, sampler.clone(), base_kernel_cfg, &registry));
-    let mut degrade_tick = tokio::time::interval(Duration::from_secs(1));
+    // The first reading comes a second after start: loading and attaching
+    // the probes is not the agent's running cost.
+    let mut degrade_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     tracing::info!(%sampler, keep_errors = tail.keep_errors,
         keep_slower_than = ?tail.keep_slower_than, "head sampler");
     if inject && sampler.has_routes() {

@@ -149,6 +149,14 @@ fn cgroup_traced(mode: u32) -> bool {
     listed == (mode == CGROUP_FILTER_ALLOW)
 }
 
+/// The configuration in place, for a program that reads a field or two:
+/// [`config`]'s copy costs its size in the 512-byte BPF stack, which the
+/// sk_msg injector cannot spare.
+#[inline(always)]
+pub fn config_ref() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
 /// The agent's configuration, or the defaults if it has not been written yet.
 #[inline(always)]
 pub fn config() -> Config {

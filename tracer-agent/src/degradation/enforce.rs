@@ -65,7 +65,9 @@ impl Degrader {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
         let secs = now.saturating_duration_since(self.last).as_secs_f64();
-        if secs <= 0.0 {
+        // A reading over a sliver of time is noise (the interval's first,
+        // immediate tick; a late wakeup after a stall reads long instead).
+        if secs < 0.5 {
             return;
         }
         self.last = now;

@@ -26,7 +26,10 @@ use super::{
 };
 use crate::{
     emit::{output_ctx, output_scratch},
-    maps::{bump, config, thread_link_off, ThreadCtx, CTX_BUILD, SCRATCH, SERVER_SCAN, THREAD_CTX},
+    maps::{
+        bump, config, config_ref, thread_link_off, ThreadCtx, CTX_BUILD, SCRATCH, SERVER_SCAN,
+        THREAD_CTX,
+    },
     scan::{
         head::{get32, parse_traceparent, scan, set32, skip_ows, HeadScan},
         propagation::{parse_b3_multi, parse_b3_single, parse_jaeger, Ids},
@@ -41,7 +44,9 @@ use crate::{
 /// them).
 #[inline(always)]
 pub fn head_sampled(trace_id: &[u8; 16], flags: u8, from_header: bool) -> u8 {
-    let cfg = config();
+    let Some(cfg) = config_ref() else {
+        return flags;
+    };
     if cfg.sample_mode != SAMPLE_ROOTS && cfg.sample_mode != SAMPLE_ALL && cfg.cap_on == 0 {
         return flags;
     }

@@ -18,7 +18,7 @@ use tracer_common::{
 use crate::{
     classify::{classify, Class, PEEK},
     emit::{emit_open, emit_tls_seen},
-    maps::{bump, config, PendingCall, CONNS, SCRATCH},
+    maps::{bump, config, config_ref, PendingCall, CONNS, SCRATCH},
 };
 
 /// User-space `struct iovec`.
@@ -239,7 +239,7 @@ pub fn on_data(pid_tgid: u64, call: &PendingCall, ret: u64) -> Option<DataTarget
     // Degradation: a share of connections, chosen by their id, is not
     // copied. The skipped sequence number tells the agent that bytes are
     // missing, so a connection that is followed again resynchronises.
-    let shed = config().shed_bound;
+    let shed = config_ref().map_or(0, |c| c.shed_bound);
     if shed != 0 && (st.conn_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) < u64::from(shed) {
         st.seq = st.seq.wrapping_add(1);
         bump(STAT_SHED);

@@ -27,11 +27,11 @@ use aya_ebpf::{
 };
 use tracer_common::{
     pack_inject_ports, SockKey, TraceCtxEvent, CTX_LINKED, CTX_ROOT, EVENT_INJECTED, PROTO_HTTP1,
-    SCAN_MAX, STAT_INJECTED, STAT_INJECT_FAILED, STAT_INJECT_LINKED, STAT_INJECT_SKIP_HAS_CONTEXT,
-    STAT_INJECT_SKIP_UNSURE, TRACESTATE_MAX,
+    SAMPLE_ALL, SAMPLE_ROOTS, SCAN_MAX, STAT_INJECTED, STAT_INJECT_FAILED, STAT_INJECT_LINKED,
+    STAT_INJECT_SKIP_HAS_CONTEXT, STAT_INJECT_SKIP_UNSURE, TRACESTATE_MAX,
 };
 
-use super::context::{head_sampled, random_span_id, random_trace_id};
+use super::context::{random_span_id, random_trace_id};
 use crate::{
     classify::{classify, PEEK},
     emit::output_ctx,
@@ -183,7 +183,19 @@ fn on_send(ctx: &SkMsgContext) {
         }
         _ => return,
     }
-    if let Err(mode) = on_request_boundary(ctx, pid_tgid) {
+    // The head sampler's bound for the traces this sender starts (the
+    // TraceIdRatioBased rule, as `context::head_sampled`), from the
+    // configuration already on the stack: 6.1's verifier refused the
+    // sk_msg program with a second configuration lookup in it.
+    let mut root_bound = u64::MAX;
+    if cfg.sample_mode == SAMPLE_ROOTS || cfg.sample_mode == SAMPLE_ALL {
+        root_bound = (u64::from(cfg.sample_bound_hi) << 32) | u64::from(cfg.sample_bound_lo);
+    }
+    let cap = (u64::from(cfg.cap_bound_hi) << 32) | u64::from(cfg.cap_bound_lo);
+    if cfg.cap_on != 0 && cap < root_bound {
+        root_bound = cap;
+    }
+    if let Err(mode) = on_request_boundary(ctx, pid_tgid, root_bound) {
         state.mode = mode;
     } else {
         state.mode = MODE_IDLE;
@@ -193,7 +205,7 @@ fn on_send(ctx: &SkMsgContext) {
 /// A send that should start a request. `Err(mode)` switches the socket to
 /// `mode`; `Ok` keeps it at request boundaries.
 #[inline(always)]
-fn on_request_boundary(ctx: &SkMsgContext, pid_tgid: u64) -> Result<(), u32> {
+fn on_request_boundary(ctx: &SkMsgContext, pid_tgid: u64, root_bound: u64) -> Result<(), u32> {
     let size = ctx.size() as usize;
     let Some(sc) = INJECT_SCRATCH.get_ptr_mut(0) else {
         return Ok(());
@@ -254,7 +266,7 @@ fn on_request_boundary(ctx: &SkMsgContext, pid_tgid: u64) -> Result<(), u32> {
         bump(STAT_INJECT_SKIP_HAS_CONTEXT);
         0
     } else {
-        inject(ctx, sc, pid_tgid, line_end)
+        inject(ctx, sc, pid_tgid, line_end, root_bound)
     };
 
     if tunnel {
@@ -307,6 +319,7 @@ fn inject(
     sc: &mut crate::maps::InjectScratch,
     pid_tgid: u64,
     at: usize,
+    root_bound: u64,
 ) -> usize {
     let mut ev = TraceCtxEvent {
         kind: EVENT_INJECTED,
@@ -361,7 +374,9 @@ fn inject(
         // sampler decides it here, before it leaves.
         _ => {
             ev.trace_id = random_trace_id();
-            ev.flags = head_sampled(&ev.trace_id, 1, false);
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&ev.trace_id[8..]);
+            ev.flags = u8::from(u64::from_be_bytes(low) >> 1 < root_bound);
         }
     }
     write_traceparent(&mut sc.line, &ev);
