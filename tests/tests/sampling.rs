@@ -134,7 +134,7 @@ fn injected_flags_agree_with_what_is_exported_across_two_services() {
     if !require_root("injected_flags_agree_with_what_is_exported_across_two_services") {
         return;
     }
-    let agent = Agent::start(&[
+    let mut agent = Agent::start(&[
         "--inject-context",
         "on",
         "--sampler",
@@ -183,25 +183,46 @@ fn injected_flags_agree_with_what_is_exported_across_two_services() {
     // The kernel decided each trace where it started (curl's injected
     // request), every hop followed the flag on the wire, and the agent
     // exported exactly the sampled ones: whole, never half.
+    agent.stop();
+    // The documented split-read race (README, Known limits): when curl's
+    // send reaches A in two reads, the kernel chose A's context before the
+    // injected traceparent arrived, so A's calls carry a trace of their
+    // own (counted as inject_context_mismatch). Such a trace is A's CLIENT
+    // span and B's SERVER span, consistent with each other.
+    let mismatches = summary_count(&agent.log(), "inject_context_mismatch") as usize;
+    let mut split = 0;
     for (trace, spans) in &by_trace {
-        let mut who: Vec<(String, &str)> = spans
-            .iter()
-            .map(|sp| (s(sp, "kind").to_owned(), exe(sp)))
-            .collect();
-        who.sort();
-        assert_eq!(spans.len(), 4, "trace {trace} not whole: {spans:#?}");
         assert!(spans.iter().all(|sp| sp["trace_flags"] == 1), "{spans:#?}");
-        assert!(spans
-            .iter()
-            .any(|sp| is_span(sp, "SERVER", "nginx", b_port)));
-        assert!(
+        let has = |kind: &str, pid_: u32| {
             spans
                 .iter()
-                .any(|sp| s(sp, "kind") == "SERVER" && pid(sp) == u64::from(a.pid())),
-            "{who:?}"
+                .any(|sp| s(sp, "kind") == kind && pid(sp) == u64::from(pid_))
+        };
+        let b_server = spans
+            .iter()
+            .any(|sp| is_span(sp, "SERVER", "nginx", b_port));
+        let curl_client = spans
+            .iter()
+            .any(|sp| s(sp, "kind") == "CLIENT" && exe(sp) == "curl");
+        // Both halves of a split are whole in themselves: curl -> A, and
+        // A's call -> B.
+        let halves = spans.len() == 2
+            && ((curl_client && has("SERVER", a.pid())) || (b_server && has("CLIENT", a.pid())));
+        if halves {
+            split += 1;
+            continue;
+        }
+        assert_eq!(spans.len(), 4, "trace {trace} not whole: {spans:#?}");
+        assert!(
+            b_server && curl_client && has("SERVER", a.pid()) && has("CLIENT", a.pid()),
+            "{spans:#?}"
         );
     }
-    let kept = by_trace.len();
+    assert!(
+        split <= 2 * mismatches,
+        "{split} split halves but {mismatches} counted mismatches"
+    );
+    let kept = by_trace.len() - split / 2;
     // Binomial(40, 0.5): sd 3.2; 8..=32 is beyond 3.7 sd either side.
     assert!((8..=32).contains(&kept), "{kept} of {N} traces kept");
 }
