@@ -395,6 +395,24 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
     (p, dir)
 }
 
+/// nginx on `port` with `/ok` (200), `/fail` (503) and `/slow/MS`
+/// (proxied to a Python upstream that answers after MS milliseconds): the
+/// statuses and latencies the metrics and sampling tests expect. Returns
+/// nginx, its directory and the upstream.
+pub fn nginx_red(port: u16) -> (Proc, TempDir, Proc) {
+    let py_port = free_port();
+    let py = python_server(py_port);
+    let (nginx, dir) = nginx(
+        port,
+        &format!(
+            "location = /ok {{ return 200 \"ok\\n\"; }}\n\
+             location = /fail {{ return 503; }}\n\
+             location /slow/ {{ proxy_pass http://127.0.0.1:{py_port}/sleep/; }}"
+        ),
+    );
+    (nginx, dir, py)
+}
+
 /// A self-signed certificate and key for 127.0.0.1, written into `dir`.
 pub fn self_signed_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));

@@ -37,17 +37,8 @@ fn prometheus_sees_red_metrics_and_the_dashboard_queries_answer() {
     let metrics_port = free_port();
     let listen = format!("127.0.0.1:{metrics_port}");
     let agent = Agent::start(&["--metrics-listen", &listen]);
-    let py_port = free_port();
-    let _py = python_server(py_port);
     let port = free_port();
-    let (_nginx, _dir) = nginx(
-        port,
-        &format!(
-            "location = /ok {{ return 200 \"ok\\n\"; }}\n\
-             location = /fail {{ return 503; }}\n\
-             location /slow/ {{ proxy_pass http://127.0.0.1:{py_port}/sleep/; }}"
-        ),
-    );
+    let (_nginx, _dir, _py) = nginx_red(port);
     let grpc_port = free_port();
     let _grpc = grpc_server(grpc_port);
     let base = format!("http://127.0.0.1:{port}");

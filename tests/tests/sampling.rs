@@ -240,17 +240,8 @@ fn errors_and_slow_requests_are_kept_at_ratio_zero() {
         "--keep-slower-than",
         "200ms",
     ]);
-    let py_port = free_port();
-    let py = python_server(py_port);
     let port = free_port();
-    let (_nginx, _dir) = nginx(
-        port,
-        &format!(
-            "location = /ok {{ return 200 \"ok\\n\"; }}\n\
-             location = /fail {{ return 503; }}\n\
-             location /slow/ {{ proxy_pass http://127.0.0.1:{py_port}/sleep/; }}"
-        ),
-    );
+    let (_nginx, _dir, py) = nginx_red(port);
     let base = format!("http://127.0.0.1:{port}");
     for p in ["/ok", "/fail", "/slow/300", "/ok"] {
         curl(&["-o", "/dev/null", &format!("{base}{p}")]);
